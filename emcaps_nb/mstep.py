@@ -5,38 +5,38 @@
 # %% auto #0
 __all__ = ['EPS', 'TINY', 'routing_dtype', 'm_step']
 
-# %% ../nbs/02_m_step.ipynb #5ad06c9a
+# %% ../nbs/02_m_step.ipynb #6932d062
 import torch
 from torch import Tensor
 
-# %% ../nbs/02_m_step.ipynb #eafc2444
+# %% ../nbs/02_m_step.ipynb #e76bdd69
 EPS = {torch.float32: 1e-8, torch.float64: 1e-30}  # variance floor, by the dtype routing computes in
 TINY = {t: torch.finfo(t).tiny ** 0.5 for t in (torch.float32, torch.float64)}  # floor for sum_i r'_ij
 
-# %% ../nbs/02_m_step.ipynb #36886929
+# %% ../nbs/02_m_step.ipynb #3167580f
 def _check_broadcast(name, t, shape, expected):
     try: ok = torch.broadcast_shapes(t.shape, shape) == shape
     except RuntimeError: ok = False
     if not ok: raise ValueError(f"{name} must be broadcastable to {expected} = {tuple(shape)}, got {tuple(t.shape)}")
 
-# %% ../nbs/02_m_step.ipynb #1a119482
+# %% ../nbs/02_m_step.ipynb #f46636b2
 def _check_votes(votes, a_in):
     if votes.ndim < 3: raise ValueError(f"votes must have shape (..., I, O, h), got {tuple(votes.shape)}")
     if a_in.shape != votes.shape[:-2]:
         raise ValueError(f"a_in must have shape (..., I) = {tuple(votes.shape[:-2])} to match votes "
                          f"{tuple(votes.shape)}, got {tuple(a_in.shape)}")
 
-# %% ../nbs/02_m_step.ipynb #3cac92a4
+# %% ../nbs/02_m_step.ipynb #a764a4cb
 def _check_betas(beta_v, beta_a, out_shape):
     _check_broadcast('beta_v', beta_v, out_shape, '(..., O)')
     _check_broadcast('beta_a', beta_a, out_shape, '(..., O)')
 
-# %% ../nbs/02_m_step.ipynb #9f361096
+# %% ../nbs/02_m_step.ipynb #70da3bd6
 def routing_dtype(t: Tensor) -> torch.dtype:
     "The dtype routing computes in: float32 for half precision inputs, else the input's own."
     return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
-# %% ../nbs/02_m_step.ipynb #0b9fd264
+# %% ../nbs/02_m_step.ipynb #bcd60820
 def m_step(
     rr: Tensor,       # assignment probabilities R_ij, shape (..., I, O) (or broadcastable, e.g. (I, O))
     votes: Tensor,    # votes v_ij, shape (..., I, O, h), e.g. (N, 6, 6, 288, 32, 16)

@@ -1,0 +1,81 @@
+"""Process- and file-level checks: the public API, packaging, and notebooks in step with the library."""
+import configparser, json, os, pathlib, shutil, subprocess, sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+NBS = sorted((ROOT / 'nbs').glob('[0-9]*.ipynb'))
+API = ['CapsNet', 'PrimaryCaps', 'ConvCaps', 'ClassCaps', 'em_routing', 'em_routing_steps', 'm_step', 'e_step',
+       'inverse_temperature_schedule', 'coord_addition', 'spread_loss', 'spread_loss_margin', 'kernel_tile',
+       'mat_transform', 'fit_gmm', 'routing_explorer', 'explore_routing']
+
+
+def _run(code, cwd, env=None):
+    return subprocess.run([sys.executable, '-c', code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_public_api_from_package_root():
+    import emcaps_nb
+    missing = [name for name in API if not hasattr(emcaps_nb, name)]
+    assert not missing, missing
+    cfg = configparser.ConfigParser(); cfg.read(ROOT / 'settings.ini')
+    assert emcaps_nb.__version__ == cfg['DEFAULT']['version']
+
+
+def test_import_has_no_plotting_or_widget_side_effects(tmp_path):
+    r = _run("import sys, emcaps_nb; bad = [m for m in ('matplotlib', 'ipywidgets', 'IPython') if m in sys.modules]; "
+             "print(bad); sys.exit(1 if bad else 0)", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_non_editable_install_imports_outside_the_repo(tmp_path):
+    "`pip install <repo>` builds a package that imports from anywhere (dependencies come from this environment)."
+    target = tmp_path / 'site'
+    r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-build-isolation', '-q',
+                        '--target', str(target), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    env = {**os.environ, 'PYTHONPATH': str(target)}
+    r = _run("import emcaps_nb, pathlib; from emcaps_nb import CapsNet, em_routing, m_step, e_step, coord_addition, spread_loss; "
+             "print(pathlib.Path(emcaps_nb.__file__).resolve())", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert pathlib.Path(r.stdout.strip()).is_relative_to(target.resolve())
+
+
+def test_library_is_what_the_notebooks_export(tmp_path):
+    "Running nbdev_export on a copy of the repository changes no module: nobody edited emcaps_nb/*.py by hand."
+    for name in ('nbs', 'emcaps_nb'): shutil.copytree(ROOT / name, tmp_path / name)
+    for name in ('settings.ini', 'setup.py', 'README.md'): shutil.copy(ROOT / name, tmp_path / name)
+    exe = pathlib.Path(sys.executable).parent / 'nbdev_export'
+    if not exe.exists(): exe = shutil.which('nbdev_export') or pytest.fail('nbdev_export is not installed (dev extras)')
+    r = subprocess.run([str(exe)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    changed = [p.name for p in sorted((ROOT / 'emcaps_nb').glob('*.py'))
+               if p.read_text() != (tmp_path / 'emcaps_nb' / p.name).read_text()]
+    assert not changed, f'modules differ from what the notebooks export: {changed}'
+
+
+@pytest.mark.parametrize('nb', NBS, ids=lambda p: p.name)
+def test_notebook_structure(nb):
+    "One `#| default_exp` per notebook, a title, and committed outputs."
+    cells = json.loads(nb.read_text())['cells']
+    code = [''.join(c['source']) for c in cells if c['cell_type'] == 'code']
+    assert sum(s.lstrip().startswith('#| default_exp') for s in code) == 1
+    assert any(''.join(c['source']).startswith('# ') for c in cells if c['cell_type'] == 'markdown')
+    assert any(c.get('outputs') for c in cells if c['cell_type'] == 'code'), 'committed without outputs'
+
+
+def test_each_module_comes_from_one_notebook():
+    targets = [next(s.split()[2] for s in (''.join(c['source']).strip() for c in json.loads(nb.read_text())['cells'])
+                    if s.startswith('#| default_exp')) for nb in NBS]
+    assert len(targets) == len(set(targets)), targets
+
+
+def test_readme_is_generated_from_the_index_notebook():
+    r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'readme.py'), '--check'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    readme, ci = (ROOT / 'README.md').read_text(), (ROOT / '.ci' / 'run').read_text()
+    assert '# run the tests\nnbdev_test && pytest -q tests\n' in readme
+    assert "awk '/^# run the tests$/" in ci
