@@ -4,6 +4,7 @@ from .gaussian_em import GaussianMixture, GMMFit, gaussian_log_density, gmm_e_st
 from .votes import kernel_tile, mat_transform
 from .mstep import m_step
 from .routing import e_step, em_routing, em_routing_steps, inverse_temperature_schedule, RoutingStep
+from .fast_routing import em_routing_fast
 from .explorer import VoteProblem, vote_clusters, explore_routing, plot_routing, routing_explorer
 from .coordinates import coord_addition
 from .layers import PrimaryCaps, ConvCaps, ClassCaps, CapsNet

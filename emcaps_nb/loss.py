@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['spread_loss', 'spread_loss_margin']
 
-# %% ../nbs/06_spread_loss.ipynb #099b63e9
+# %% ../nbs/06_spread_loss.ipynb #6644c1e2
 import torch
 from torch import Tensor
 
-# %% ../nbs/06_spread_loss.ipynb #a76410c8
+# %% ../nbs/06_spread_loss.ipynb #c38a9912
 def spread_loss(
     activations: Tensor,    # class activations a, shape (N, E)
     target: Tensor,         # true class indices t, shape (N,), integers in [0, E)
@@ -28,7 +28,7 @@ def spread_loss(
     loss = per_class.scatter(1, target[:, None], 0.0).sum(1)         # sum over i != t     (n,)
     return loss if reduction == 'none' else loss.sum() if reduction == 'sum' else loss.mean()
 
-# %% ../nbs/06_spread_loss.ipynb #a4a373de
+# %% ../nbs/06_spread_loss.ipynb #ac3cb0fa
 def spread_loss_margin(
     epoch: int,             # 0-based epoch
     start: float = 0.2,     # margin in the first epoch

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['Schedule', 'e_step', 'inverse_temperature_schedule', 'RoutingStep', 'em_routing_steps', 'em_routing']
 
-# %% ../nbs/03_e_step.ipynb #74b43f54
+# %% ../nbs/03_e_step.ipynb #7bf36f87
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .mstep import EPS, TINY, _check_betas, _check_votes, m_step, routing_dtype
 
-# %% ../nbs/03_e_step.ipynb #c5d75574
+# %% ../nbs/03_e_step.ipynb #9ca77afc
 def e_step(
     mean: Tensor,   # mu_j, shape (..., O, h)
     stdv: Tensor,   # sigma_j, shape (..., O, h)
@@ -34,7 +34,7 @@ def e_step(
     log_p = -((votes - mean[..., None, :, :]) ** 2 / (2 * var)).sum(-1) - 0.5 * torch.log(var).sum(-1)  # (..., i, o)
     return torch.softmax(torch.log(a_out.clamp_min(TINY[ct]))[..., None, :] + log_p, dim=-1).to(dtype)
 
-# %% ../nbs/03_e_step.ipynb #36b5388b
+# %% ../nbs/03_e_step.ipynb #e92916fc
 def inverse_temperature_schedule(
     iterations: int,                # number of routing iterations T
     lambda_min: float = 1.0,        # lambda on the first iteration
@@ -44,7 +44,7 @@ def inverse_temperature_schedule(
     if lambda_max is None: lambda_max = min(iterations, 3.0)
     return [lambda_min + (lambda_max - lambda_min) * t / max(1.0, iterations - 1.0) for t in range(iterations)]
 
-# %% ../nbs/03_e_step.ipynb #7f28b383
+# %% ../nbs/03_e_step.ipynb #7b457a34
 @dataclass
 class RoutingStep:
     "State of EM routing after the M-step of one iteration."
@@ -55,10 +55,10 @@ class RoutingStep:
     stdv: Tensor                # (..., O, h)
     a_out: Tensor               # (..., O)
 
-# %% ../nbs/03_e_step.ipynb #3030e0d3
+# %% ../nbs/03_e_step.ipynb #68d6fd87
 Schedule = Callable[[int], list]  # iterations -> one inverse temperature per iteration
 
-# %% ../nbs/03_e_step.ipynb #a727f420
+# %% ../nbs/03_e_step.ipynb #adb85085
 def _check_routing(votes, a_in, beta_v, beta_a, iterations, schedule):
     _check_votes(votes, a_in)
     _check_betas(beta_v, beta_a, votes.shape[:-3] + votes.shape[-2:-1])
@@ -69,7 +69,7 @@ def _check_routing(votes, a_in, beta_v, beta_a, iterations, schedule):
         raise ValueError(f"schedule({iterations}) must give one inverse temperature per iteration, got {len(lambdas)}")
     return lambdas
 
-# %% ../nbs/03_e_step.ipynb #f6ba8750
+# %% ../nbs/03_e_step.ipynb #72ee223c
 def em_routing_steps(
     votes: Tensor,           # v_ij, shape (..., I, O, h), e.g. (N, 6, 6, 288, 32, 16)
     a_in: Tensor,            # input activations, shape (..., I)
@@ -80,7 +80,8 @@ def em_routing_steps(
 ) -> Iterator[RoutingStep]:
     "Run EM routing, yielding the state after each iteration's M-step."
     lambdas = _check_routing(votes, a_in, beta_v, beta_a, iterations, schedule)
-    return _em_routing_gen(votes, a_in, beta_v, beta_a, lambdas)
+    ct = routing_dtype(votes)   # half precision is routed in float32 throughout, not rounded between steps
+    return _em_routing_gen(*(t.to(ct) for t in (votes, a_in, beta_v, beta_a)), lambdas)
 
 def _em_routing_gen(votes, a_in, beta_v, beta_a, lambdas):
     rr = votes.new_full(votes.shape[-3:-1], 1.0 / votes.shape[-2])   # uniform R_ij = 1/O, broadcast over `...`
@@ -89,7 +90,7 @@ def _em_routing_gen(votes, a_in, beta_v, beta_a, lambdas):
         yield RoutingStep(t, lam, rr, mean, stdv, a_out)
         if t < len(lambdas) - 1: rr = e_step(mean, stdv, a_out, votes)
 
-# %% ../nbs/03_e_step.ipynb #11eba518
+# %% ../nbs/03_e_step.ipynb #08c4797c
 def em_routing(
     votes: Tensor,           # v_ij, shape (..., I, O, h), e.g. (N, 6, 6, 288, 32, 16)
     a_in: Tensor,            # input activations, shape (..., I)
@@ -100,4 +101,4 @@ def em_routing(
 ) -> tuple[Tensor, Tensor]:  # pose (..., O, h) and activation a_out (..., O) of the output capsules
     "EM routing (Procedure 1 of the paper): output poses and activations from votes."
     for step in em_routing_steps(votes, a_in, beta_v, beta_a, iterations, schedule): pass
-    return step.mean, step.a_out
+    return step.mean.to(votes.dtype), step.a_out.to(votes.dtype)

@@ -7,7 +7,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 NBS = sorted((ROOT / 'nbs').glob('[0-9]*.ipynb'))
 API = ['CapsNet', 'PrimaryCaps', 'ConvCaps', 'ClassCaps', 'em_routing', 'em_routing_steps', 'm_step', 'e_step',
        'inverse_temperature_schedule', 'coord_addition', 'spread_loss', 'spread_loss_margin', 'kernel_tile',
-       'mat_transform', 'fit_gmm', 'routing_explorer', 'explore_routing']
+       'mat_transform', 'fit_gmm', 'routing_explorer', 'explore_routing', 'em_routing_fast']
 
 
 def _run(code, cwd, env=None):
@@ -68,6 +68,18 @@ def test_each_module_comes_from_one_notebook():
     targets = [next(s.split()[2] for s in (''.join(c['source']).strip() for c in json.loads(nb.read_text())['cells'])
                     if s.startswith('#| default_exp')) for nb in NBS]
     assert len(targets) == len(set(targets)), targets
+
+
+def test_bench_command_prints_json_lines():
+    "python -m emcaps_nb.bench prints one JSON object per (case, implementation), both measured in the run."
+    r = subprocess.run([sys.executable, '-m', 'emcaps_nb.bench', '--case', 'classcaps', '--batch', '2', '--repeats', '1'],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(row['case'], row['impl']) for row in rows] == [('classcaps', 'literal'), ('classcaps', 'fast')]
+    for row in rows:
+        assert set(row) == {'case', 'impl', 'device', 'dtype', 'batch', 'images_per_s', 'peak_mb'}
+        assert row['batch'] == 2 and row['images_per_s'] > 0 and row['peak_mb'] > 0
 
 
 def test_readme_is_generated_from_the_index_notebook():
