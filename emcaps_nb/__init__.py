@@ -9,3 +9,4 @@ from .explorer import VoteProblem, vote_clusters, explore_routing, plot_routing,
 from .coordinates import coord_addition
 from .layers import PrimaryCaps, ConvCaps, ClassCaps, CapsNet
 from .loss import spread_loss, spread_loss_margin
+from .data import DATASETS, DatasetNotFoundError, ImageDataset, RandomShift, SmallNORB, get_dataset, read_idx, read_norb

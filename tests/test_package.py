@@ -7,7 +7,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 NBS = sorted((ROOT / 'nbs').glob('[0-9]*.ipynb'))
 API = ['CapsNet', 'PrimaryCaps', 'ConvCaps', 'ClassCaps', 'em_routing', 'em_routing_steps', 'm_step', 'e_step',
        'inverse_temperature_schedule', 'coord_addition', 'spread_loss', 'spread_loss_margin', 'kernel_tile',
-       'mat_transform', 'fit_gmm', 'routing_explorer', 'explore_routing', 'em_routing_fast']
+       'mat_transform', 'fit_gmm', 'routing_explorer', 'explore_routing', 'em_routing_fast', 'get_dataset', 'SmallNORB', 'DatasetNotFoundError']
 
 
 def _run(code, cwd, env=None):
@@ -23,7 +23,7 @@ def test_public_api_from_package_root():
 
 
 def test_import_has_no_plotting_or_widget_side_effects(tmp_path):
-    r = _run("import sys, emcaps_nb; bad = [m for m in ('matplotlib', 'ipywidgets', 'IPython') if m in sys.modules]; "
+    r = _run("import sys, emcaps_nb; bad = [m for m in ('matplotlib', 'ipywidgets', 'IPython', 'mlxtend', 'torchvision') if m in sys.modules]; "
              "print(bad); sys.exit(1 if bad else 0)", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
 
