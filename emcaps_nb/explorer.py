@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['VoteProblem', 'vote_clusters', 'ExplorerState', 'explore_routing', 'plot_routing', 'routing_explorer']
 
-# %% ../nbs/03a_routing_explorer.ipynb #4bbc7e46
+# %% ../nbs/03a_routing_explorer.ipynb #2c30db93
 import torch
 from torch import Tensor
 from dataclasses import dataclass
 
-from .routing import RoutingStep, em_routing_steps
+from .routing import RoutingStep, e_step, em_routing_steps
 
-# %% ../nbs/03a_routing_explorer.ipynb #5f8e6ce8
+# %% ../nbs/03a_routing_explorer.ipynb #4f97b3d4
 @dataclass
 class VoteProblem:
     "A small routing problem with 2-D votes and known groups of agreeing inputs."
@@ -20,7 +20,7 @@ class VoteProblem:
     a_in: Tensor    # (I,)
     groups: Tensor  # (I,): the parent whose cluster input i belongs to, or -1 for pure noise
 
-# %% ../nbs/03a_routing_explorer.ipynb #0498489a
+# %% ../nbs/03a_routing_explorer.ipynb #b43e5057
 def vote_clusters(
     group_sizes: tuple = (10, 6, 0), # inputs agreeing on each parent; one parent per entry
     n_noise: int = 8,                # inputs that agree with nobody
@@ -42,14 +42,14 @@ def vote_clusters(
                        0.1 + 0.2 * torch.rand(I, generator=g))                # stray parts: weakly active
     return VoteProblem(votes, a_in, groups)
 
-# %% ../nbs/03a_routing_explorer.ipynb #e0c8d7da
+# %% ../nbs/03a_routing_explorer.ipynb #2bfff5a8
 @dataclass
 class ExplorerState:
     "What the explorer draws: the final routing step and the posterior assignments it implies."
     step: RoutingStep  # state after the last M-step
     rr: Tensor         # (I, O): E-step assignments from that state
 
-# %% ../nbs/03a_routing_explorer.ipynb #63e46ed7
+# %% ../nbs/03a_routing_explorer.ipynb #e7efce2e
 def explore_routing(
     problem: VoteProblem,
     inverse_temperature: float = 1.0, # lambda, held constant over the iterations
@@ -59,14 +59,13 @@ def explore_routing(
 ) -> ExplorerState:
     "Route the problem's votes with a constant inverse temperature; the explorer's callback."
     if inverse_temperature <= 0: raise ValueError(f"inverse_temperature must be positive, got {inverse_temperature}")
-    from emcaps_nb.routing import e_step
     O = problem.votes.shape[1]
     bv, ba = torch.full((O,), float(beta_v)), torch.full((O,), float(beta_a))
     for step in em_routing_steps(problem.votes, problem.a_in, bv, ba, iterations,
                                  schedule=lambda n: [float(inverse_temperature)] * n): pass
     return ExplorerState(step, e_step(step.mean, step.stdv, step.a_out, problem.votes))
 
-# %% ../nbs/03a_routing_explorer.ipynb #1ee796c6
+# %% ../nbs/03a_routing_explorer.ipynb #4bb26a90
 def plot_routing(problem: VoteProblem, state: ExplorerState, fig=None):
     "Draw votes coloured by assignment, each parent's Gaussian and activation; returns the figure."
     import matplotlib.pyplot as plt
@@ -87,7 +86,7 @@ def plot_routing(problem: VoteProblem, state: ExplorerState, fig=None):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/03a_routing_explorer.ipynb #f3973494
+# %% ../nbs/03a_routing_explorer.ipynb #d96e19b4
 def routing_explorer(problem: VoteProblem | None = None):
     "ipywidgets sliders for lambda and the iterations, redrawing the routing of `problem`."
     import ipywidgets as widgets
