@@ -6,11 +6,13 @@
 __all__ = ['ROUTINGS', 'PrimaryCaps', 'ConvCaps', 'ClassCaps', 'CapsNet']
 
 # %% ../nbs/05_layers.ipynb #2fe8de06
+from functools import partial
+
 import torch
 from torch import nn, Tensor
 
 from .votes import kernel_tile, mat_transform
-from .routing import em_routing
+from .routing import em_routing, inverse_temperature_schedule
 from .fast_routing import em_routing_fast
 from .coordinates import coord_addition
 
@@ -38,6 +40,12 @@ def _routing(name):
     if name not in ROUTINGS: raise ValueError(f"routing must be one of {sorted(ROUTINGS)}, got {name!r}")
     return ROUTINGS[name]
 
+def _schedule(lambda_min, lambda_max):
+    "The inverse temperature schedule of a layer: lambda from lambda_min to lambda_max (default min(T, 3))."
+    if lambda_min <= 0 or (lambda_max is not None and lambda_max <= 0):
+        raise ValueError(f"inverse temperatures must be positive, got lambda_min={lambda_min}, lambda_max={lambda_max}")
+    return partial(inverse_temperature_schedule, lambda_min=lambda_min, lambda_max=lambda_max)
+
 # %% ../nbs/05_layers.ipynb #f4dee558
 def _check_capsules(layer, pose, act, B):
     if pose.ndim != 6 or pose.shape[3:] != (B, 4, 4) or act.shape != pose.shape[:4]:
@@ -47,10 +55,12 @@ def _check_capsules(layer, pose, act, B):
 # %% ../nbs/05_layers.ipynb #0def6060
 class ConvCaps(nn.Module):
     "Convolutional capsule layer with EM routing: B input capsule types to C output types."
-    def __init__(self, B: int = 32, C: int = 32, K: int = 3, stride: int = 1, iterations: int = 3, routing: str = 'fast'):
+    def __init__(self, B: int = 32, C: int = 32, K: int = 3, stride: int = 1, iterations: int = 3, routing: str = 'fast',
+                 lambda_min: float = 1.0, lambda_max: float | None = None):
         super().__init__()
         self.B, self.C, self.K, self.stride, self.iterations = B, C, K, stride, iterations
         self.routing, self._route = routing, _routing(routing)
+        self.lambda_min, self.lambda_max, self._schedule = lambda_min, lambda_max, _schedule(lambda_min, lambda_max)
         self.W = nn.Parameter(nn.init.trunc_normal_(torch.empty(K * K * B, C, 4, 4), std=1.0, a=-2.0, b=2.0))
         self.beta_v = nn.Parameter(torch.zeros(C))
         self.beta_a = nn.Parameter(torch.zeros(C))
@@ -62,18 +72,20 @@ class ConvCaps(nn.Module):
             raise ValueError(f"ConvCaps with K={self.K} needs a capsule grid of at least {self.K}x{self.K}, got {tuple(pose.shape[1:3])}")
         votes = mat_transform(kernel_tile(pose, self.K, self.stride), self.W)  # (n, oh, ow, i, o, 16)
         a_in = kernel_tile(act, self.K, self.stride)                          # (n, oh, ow, i)
-        pose_out, a_out = self._route(votes, a_in, self.beta_v, self.beta_a, self.iterations)
+        pose_out, a_out = self._route(votes, a_in, self.beta_v, self.beta_a, self.iterations, self._schedule)
         return pose_out.unflatten(-1, (4, 4)), a_out
 
-    def extra_repr(self): return f"B={self.B}, C={self.C}, K={self.K}, stride={self.stride}, iterations={self.iterations}, routing={self.routing!r}"
+    def extra_repr(self): return f"B={self.B}, C={self.C}, K={self.K}, stride={self.stride}, iterations={self.iterations}, routing={self.routing!r}, lambda=({self.lambda_min}, {self.lambda_max})"
 
 # %% ../nbs/05_layers.ipynb #2873da97
 class ClassCaps(nn.Module):
     "Class capsules: D capsule types on an H x W grid to E classes, W shared over positions, with coordinate addition."
-    def __init__(self, D: int = 32, E: int = 10, iterations: int = 3, coord_add: bool = True, routing: str = 'fast'):
+    def __init__(self, D: int = 32, E: int = 10, iterations: int = 3, coord_add: bool = True, routing: str = 'fast',
+                 lambda_min: float = 1.0, lambda_max: float | None = None):
         super().__init__()
         self.D, self.E, self.iterations, self.coord_add = D, E, iterations, coord_add
         self.routing, self._route = routing, _routing(routing)
+        self.lambda_min, self.lambda_max, self._schedule = lambda_min, lambda_max, _schedule(lambda_min, lambda_max)
         self.W = nn.Parameter(nn.init.trunc_normal_(torch.empty(D, E, 4, 4), std=1.0, a=-2.0, b=2.0))
         self.beta_v = nn.Parameter(torch.zeros(E))
         self.beta_a = nn.Parameter(torch.zeros(E))
@@ -85,23 +97,26 @@ class ClassCaps(nn.Module):
         if self.coord_add: votes = coord_addition(votes)
         n = votes.shape[0]
         pose_out, a_out = self._route(votes.reshape(n, -1, self.E, 16), act.reshape(n, -1),
-                                      self.beta_v, self.beta_a, self.iterations)
+                                      self.beta_v, self.beta_a, self.iterations, self._schedule)
         return pose_out.unflatten(-1, (4, 4)), a_out
 
-    def extra_repr(self): return f"D={self.D}, E={self.E}, iterations={self.iterations}, coord_add={self.coord_add}, routing={self.routing!r}"
+    def extra_repr(self): return f"D={self.D}, E={self.E}, iterations={self.iterations}, coord_add={self.coord_add}, routing={self.routing!r}, lambda=({self.lambda_min}, {self.lambda_max})"
 
 # %% ../nbs/05_layers.ipynb #62ccd421
 class CapsNet(nn.Module):
     "Matrix capsules with EM routing: ReLU Conv1, PrimaryCaps, ConvCaps1, ConvCaps2, ClassCaps."
     def __init__(self, A: int = 32, B: int = 32, C: int = 32, D: int = 32, E: int = 10, K: int = 3,
-                 iterations: int = 3, in_channels: int = 1, routing: str = 'fast'):
+                 iterations: int = 3, in_channels: int = 1, routing: str = 'fast',
+                 lambda_min: float = 1.0, lambda_max: float | None = None, batch_norm: bool = False):
         super().__init__()
         self.in_channels, self.K = in_channels, K
-        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, A, 5, stride=2, padding=2), nn.ReLU())
+        norm = [nn.BatchNorm2d(A)] if batch_norm else []
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, A, 5, stride=2, padding=2), *norm, nn.ReLU())
+        caps = dict(iterations=iterations, routing=routing, lambda_min=lambda_min, lambda_max=lambda_max)
         self.primary_caps = PrimaryCaps(A, B)
-        self.conv_caps1 = ConvCaps(B, C, K, stride=2, iterations=iterations, routing=routing)
-        self.conv_caps2 = ConvCaps(C, D, K, stride=1, iterations=iterations, routing=routing)
-        self.class_caps = ClassCaps(D, E, iterations=iterations, routing=routing)
+        self.conv_caps1 = ConvCaps(B, C, K, stride=2, **caps)
+        self.conv_caps2 = ConvCaps(C, D, K, stride=1, **caps)
+        self.class_caps = ClassCaps(D, E, **caps)
 
     def min_size(self) -> int:
         "Smallest image side the layers accept."
