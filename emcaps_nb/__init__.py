@@ -10,5 +10,6 @@ from .coordinates import coord_addition
 from .layers import PrimaryCaps, ConvCaps, ClassCaps, CapsNet
 from .loss import spread_loss, spread_loss_margin
 from .data import DATASETS, DatasetNotFoundError, ImageDataset, RandomShift, SmallNORB, get_dataset, read_idx, read_norb
+from .baseline import CNNBaseline
 from .training import (MODEL_CONFIGS, CheckpointError, TrainConfig, TrainResult, build_model, evaluate, load_checkpoint,
                        load_model, save_checkpoint, select_device, train)

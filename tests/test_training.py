@@ -19,13 +19,13 @@ def _sh(args, cwd, timeout=900, env=ENV):
 
 def test_emcaps_train_learns_and_eval_agrees(tmp_path):
     "`emcaps train` on real digits reaches an accuracy far above chance (10%); `emcaps eval` reproduces it."
-    r = _sh(_emcaps() + ['train', '--config', 'tiny', '--epochs', '1', '--iterations', '2', '--batch-size', '16',
+    r = _sh(_emcaps() + ['train', '--config', 'tiny', '--epochs', '1', '--batch-size', '16', '--train-limit', '2000',
                          '--no-augment', '--out', 'run', '--no-progress'], tmp_path)
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
     print(r.stdout)
-    # measured: 0.87 after this one epoch (250 steps) on the 2-core CI machine; chance is 0.10
-    assert summary['test_acc'] > 0.6, summary['test_acc']
+    # measured: 0.631 after these 125 steps (notebook 07 logs the same run's first epoch); chance is 0.10
+    assert summary['test_acc'] > 0.35, summary['test_acc']
     assert f"test accuracy {summary['test_acc']:.4f} (1000 images)" in r.stdout
     rows = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
     assert [row['epoch'] for row in rows] == [1] and rows[0]['images_per_s'] > 0
