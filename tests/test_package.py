@@ -90,5 +90,5 @@ def test_readme_is_generated_from_the_index_notebook():
 
 def test_ci_runs_the_readme_test_command():
     readme, ci = (ROOT / 'README.md').read_text(), (ROOT / '.ci' / 'run').read_text()
-    assert '# run the tests\nnbdev_test && pytest -q tests\n' in readme
+    assert '# run the tests\nOMP_NUM_THREADS=1 nbdev_test && pytest -q tests\n' in readme
     assert "awk '/^# run the tests$/" in ci
