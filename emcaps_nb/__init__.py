@@ -13,3 +13,4 @@ from .data import DATASETS, DatasetNotFoundError, ImageDataset, RandomShift, Sma
 from .baseline import CNNBaseline
 from .training import (MODEL_CONFIGS, CheckpointError, TrainConfig, TrainResult, build_model, evaluate, load_checkpoint,
                        load_model, save_checkpoint, select_device, train)
+from .analysis import PoseDecoder, adversarial_accuracy, attack_loss, bim, class_routing_trace, fgsm, fit_pose_decoder, perturb_pose
