@@ -103,11 +103,14 @@ def eval_cmd(
     ds = _limit(get_dataset(name, False, root or cfg.root, download, False), limit)
     from emcaps_nb.training import _num_classes
     r = evaluate(net, ds, _num_classes(ds), batch_size, dev, autocast_dtype(cfg.amp, dev))
-    result = {'checkpoint': str(checkpoint), 'dataset': name, 'iterations': iterations or cfg.iterations,
+    from emcaps_nb.training import MODEL_CONFIGS
+    capsules = MODEL_CONFIGS[cfg.model]['kind'] == 'capsules'
+    result = {'checkpoint': str(checkpoint), 'dataset': name, 'model': cfg.model, 'iterations': (iterations or cfg.iterations) if capsules else None,
               'accuracy': r['accuracy'], 'images': r['images'], 'confusion': r['confusion'].tolist()}
     if json_out: print(json.dumps(result))
     else:
-        print(f"{name}: test accuracy {r['accuracy']:.4f} on {r['images']} images ({result['iterations']} routing iterations)")
+        its = f" ({result['iterations']} routing iterations)" if capsules else ''
+        print(f"{name}: test accuracy {r['accuracy']:.4f} on {r['images']} images, {cfg.model}{its}")
         print(_confusion_table(r['confusion']))
     return result
 
