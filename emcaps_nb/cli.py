@@ -11,7 +11,9 @@ import json, pathlib, sys
 from fastcore.script import anno_parser
 
 from .data import DatasetNotFoundError
-from .training import CheckpointError, TrainConfig, evaluate, load_model, train
+from .data import get_dataset
+from .training import (MODEL_CONFIGS, CheckpointError, TrainConfig, _limit, _num_classes, autocast_dtype, evaluate,
+                                 load_model, select_device, train)
 
 # %% ../nbs/07a_cli.ipynb #ab1672f7
 def train_cmd(
@@ -94,16 +96,12 @@ def eval_cmd(
     json_out: bool = False,     # print one JSON object instead of a table
 ) -> dict:
     "Evaluate a checkpoint: test accuracy and confusion matrix (rows: true class, columns: predicted)."
-    from emcaps_nb.data import get_dataset
-    from emcaps_nb.training import _limit, autocast_dtype, select_device
     if checkpoint is None: raise ValueError("--checkpoint is required: the last.pt of a run")
     dev = select_device(device)
     net, cfg = load_model(checkpoint, map_location=dev, iterations=iterations)
     name = dataset or cfg.dataset
     ds = _limit(get_dataset(name, False, root or cfg.root, download, False), limit)
-    from emcaps_nb.training import _num_classes
     r = evaluate(net, ds, _num_classes(ds), batch_size, dev, autocast_dtype(cfg.amp, dev))
-    from emcaps_nb.training import MODEL_CONFIGS
     capsules = MODEL_CONFIGS[cfg.model]['kind'] == 'capsules'
     result = {'checkpoint': str(checkpoint), 'dataset': name, 'model': cfg.model, 'iterations': (iterations or cfg.iterations) if capsules else None,
               'accuracy': r['accuracy'], 'images': r['images'], 'confusion': r['confusion'].tolist()}
