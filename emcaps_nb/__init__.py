@@ -4,7 +4,7 @@ from .gaussian_em import GaussianMixture, GMMFit, gaussian_log_density, gmm_e_st
 from .votes import kernel_tile, mat_transform
 from .mstep import m_step
 from .routing import e_step, em_routing, em_routing_steps, inverse_temperature_schedule, RoutingStep
-from .fast_routing import em_routing_fast
+from .fast_routing import CHUNK_MB, em_routing_fast
 from .explorer import VoteProblem, vote_clusters, explore_routing, plot_routing, routing_explorer
 from .coordinates import coord_addition
 from .layers import PrimaryCaps, ConvCaps, ClassCaps, CapsNet
@@ -12,5 +12,6 @@ from .loss import spread_loss, spread_loss_margin
 from .data import DATASETS, DatasetNotFoundError, ImageDataset, RandomShift, SmallNORB, get_dataset, read_idx, read_norb
 from .baseline import CNNBaseline
 from .training import (MODEL_CONFIGS, CheckpointError, TrainConfig, TrainResult, build_model, evaluate, load_checkpoint,
-                       load_model, save_checkpoint, select_device, train)
+                       load_model, save_checkpoint, select_device, source_commit, train)
 from .analysis import PoseDecoder, adversarial_accuracy, attack_loss, bim, class_routing_trace, fgsm, fit_pose_decoder, perturb_pose
+from .results import PUBLISHED, adversarial_curves, distance_histograms, load_decoder, load_run, load_runs, train_decoder

@@ -119,23 +119,25 @@ def fit_pose_decoder(
     lr: float = 1e-3,
     device: torch.device | str = 'cpu',
     seed: int = 0,
+    hidden: tuple = (512, 1024),  # the decoder's hidden layer sizes
 ) -> tuple[PoseDecoder, list]:   # the decoder, and the mean squared error of each epoch
     "Train a PoseDecoder to redraw `dataset`'s images from `net`'s class poses (masked by the true label)."
     torch.manual_seed(seed)
     x0, _ = dataset[0]
-    dec = PoseDecoder(net.class_caps.E, tuple(x0.shape)).to(device)
+    dec = PoseDecoder(net.class_caps.E, tuple(x0.shape), hidden).to(device)
     opt = torch.optim.Adam(dec.parameters(), lr=lr)
     net.eval()
+    with torch.no_grad():   # the network is frozen: its class poses are computed once, not once per epoch
+        data = [(net(x.to(device))[0], x.to(device), y.to(device)) for x, y in DataLoader(dataset, batch_size=batch_size)]
+    pose, x, y = (torch.cat(t) for t in zip(*data))
     losses = []
     for _ in range(epochs):
-        total, n = 0.0, 0
-        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=True):
-            x, y = x.to(device), y.to(device)
-            with torch.no_grad(): pose, _ = net(x)
-            loss = F.mse_loss(dec(pose, y), x)
+        total = 0.0
+        for idx in torch.randperm(len(y)).to(device).split(batch_size):
+            loss = F.mse_loss(dec(pose[idx], y[idx]), x[idx])
             opt.zero_grad(); loss.backward(); opt.step()
-            total, n = total + loss.item() * len(y), n + len(y)
-        losses.append(total / n)
+            total += loss.item() * len(idx)
+        losses.append(total / len(y))
     return dec.eval(), losses
 
 # %% ../nbs/07b_analysis.ipynb #b1a234d1

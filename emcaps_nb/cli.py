@@ -17,7 +17,7 @@ from .training import (MODEL_CONFIGS, CheckpointError, TrainConfig, _limit, _num
 
 # %% ../nbs/07a_cli.ipynb #ab1672f7
 def train_cmd(
-    dataset: str = None,        # mnist, fashion-mnist, mnist-sample or smallnorb (default mnist-sample)
+    dataset: str = None,        # mnist, fashion-mnist, mnist-sample, smallnorb or toynorb (default mnist-sample)
     config: str = None,         # network: tiny, small, paper (capsules), cnn-small, cnn (default small)
     model: str = None,          # the same as --config
     epochs: int = None,         # epochs to train in all (default 2)

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['DEBIAN_FASHION_MNIST', 'FASHION_CLASSES', 'NORB_TYPES', 'SMALLNORB_FILES', 'SMALLNORB_CLASSES', 'DATASETS',
            'DatasetNotFoundError', 'ImageDataset', 'RandomShift', 'read_idx', 'mnist', 'fashion_mnist', 'mnist_sample',
-           'read_norb', 'NorbTransform', 'SmallNORB', 'get_dataset']
+           'read_norb', 'write_norb', 'NorbTransform', 'SmallNORB', 'toynorb', 'get_dataset']
 
 # %% ../nbs/06a_data.ipynb #63daddd8
 import functools, gzip, os, pathlib, struct
@@ -148,6 +148,18 @@ def read_norb(path) -> np.ndarray:
         raise ValueError(f"{path}: header says {dims} ({int(np.prod(dims))} elements), the file holds {body.size}")
     return body.reshape(dims).copy()
 
+# %% ../nbs/06a_data.ipynb #2fc47feb
+def write_norb(path, arr):
+    "Write `arr` in the smallNORB format (the inverse of `read_norb`); gzipped when `path` ends in .gz."
+    arr = np.asarray(arr)
+    magic = {np.dtype(t): m for m, t in NORB_TYPES.items()}[arr.dtype]
+    dims = list(arr.shape) + [1] * (3 - arr.ndim)
+    head = struct.pack(f'<ii{len(dims)}i', magic, arr.ndim, *dims)
+    body = head + arr.astype(arr.dtype.newbyteorder('<')).tobytes()
+    if str(path).endswith('.gz'):
+        with gzip.open(path, 'wb', compresslevel=1) as f: f.write(body)
+    else: pathlib.Path(path).write_bytes(body)
+
 # %% ../nbs/06a_data.ipynb #f034c630
 @dataclass
 class NorbTransform:
@@ -191,7 +203,12 @@ class SmallNORB(ImageDataset):
         self.info = torch.from_numpy(info.astype(np.int64))   # instance, elevation, azimuth, lighting
 
 # %% ../nbs/06a_data.ipynb #353c3c7a
-DATASETS = {'mnist': mnist, 'fashion-mnist': fashion_mnist, 'mnist-sample': mnist_sample, 'smallnorb': SmallNORB}
+def toynorb(root='data', train=True, transform='default'):
+    "The rendered smallNORB-like dataset of notebook 06c, rendered into root/toynorb on first use."
+    from emcaps_nb.toynorb import ToyNORB
+    return ToyNORB(root, train, transform)
+
+DATASETS = {'mnist': mnist, 'fashion-mnist': fashion_mnist, 'mnist-sample': mnist_sample, 'smallnorb': SmallNORB, 'toynorb': toynorb}
 
 # %% ../nbs/06a_data.ipynb #94c2ffad
 def get_dataset(
@@ -204,7 +221,7 @@ def get_dataset(
     "A dataset by name, with the augmentation that goes with it."
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     augment = train if augment is None else augment
-    if name == 'smallnorb': return SmallNORB(root, train, NorbTransform(train=augment))
+    if name in ('smallnorb', 'toynorb'): return DATASETS[name](root, train, NorbTransform(train=augment))
     t = RandomShift(2) if augment else None
     if name == 'mnist-sample': return mnist_sample(train, t)
     return DATASETS[name](root, train, download, t)

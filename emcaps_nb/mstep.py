@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 # %% ../nbs/02_m_step.ipynb #e76bdd69
-EPS = {torch.float32: 1e-8, torch.float64: 1e-30}  # variance floor, by the dtype routing computes in
+EPS = {torch.float32: 1e-8, torch.float64: 1e-20}  # variance floor, by the dtype routing computes in
 TINY = {t: torch.finfo(t).tiny ** 0.5 for t in (torch.float32, torch.float64)}  # floor for sum_i r'_ij
 
 # %% ../nbs/02_m_step.ipynb #3167580f

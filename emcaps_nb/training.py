@@ -6,7 +6,7 @@
 __all__ = ['MODEL_CONFIGS', 'CHECKPOINT_FORMAT', 'TRAINABILITY_RUNS', 'build_model', 'TrainConfig', 'select_device',
            'autocast_dtype', 'GlobalBatchSampler', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'rng_state',
            'set_rng_state', 'Dist', 'init_distributed', 'class_scores', 'model_loss', 'evaluate', 'hardware',
-           'TrainResult', 'train', 'load_model']
+           'source_commit', 'TrainResult', 'train', 'load_model']
 
 # %% ../nbs/07_training.ipynb #b7ee6dca
 import json, os, pathlib, platform, random, time
@@ -287,6 +287,17 @@ def hardware(device: torch.device) -> str:
     if device.type == 'cuda': return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
+def source_commit() -> str | None:
+    "The git commit of this package's source tree (with '-dirty' if it has uncommitted changes), or None outside a git checkout."
+    import subprocess
+    here = pathlib.Path(__file__).parent if '__file__' in globals() else pathlib.Path.cwd()
+    try:
+        head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode: return None
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError): return None
+    return head.stdout.strip() + ('-dirty' if dirty.stdout.strip() else '')
+
 # %% ../nbs/07_training.ipynb #b6ebec91
 @dataclass
 class TrainResult:
@@ -432,7 +443,8 @@ def train(
             'config': asdict(cfg), 'parameters': sum(p.numel() for p in net.parameters()), 'epochs': len(history),
             'test_acc': test['accuracy'], 'test_images': test['images'], 'confusion': test['confusion'].tolist(),
             'train_s': sum(r['train_s'] for r in history), 'eval_s': sum(r['eval_s'] for r in history),
-            'hardware': hardware(device), 'world_size': ddp.world_size, 'torch': torch.__version__})
+            'hardware': hardware(device), 'world_size': ddp.world_size, 'torch': torch.__version__,
+            'commit': source_commit()})
     return TrainResult(net, history, steps, out, test, stopped=False)
 
 # %% ../nbs/07_training.ipynb #a19be5b3

@@ -1,6 +1,6 @@
 """Write README.md from nbs/index.ipynb (what `nbdev_readme` does, without needing Quarto).
 
-Markdown cells are copied as they are; code cells without a `#|` directive become ```python blocks
+Markdown cells are copied as they are (links relative to `nbs/`, `../x`, made relative to the root); code cells without a `#|` directive become ```python blocks
 followed by their text output. Run it after editing the index notebook: `python tools/readme.py`.
 """
 import json, pathlib, sys
@@ -10,7 +10,7 @@ def render(nb_path) -> str:
     parts = []
     for cell in nb['cells']:
         src = ''.join(cell['source']).strip()
-        if cell['cell_type'] == 'markdown': parts.append(src)
+        if cell['cell_type'] == 'markdown': parts.append(src.replace('](../', ']('))   # links relative to nbs/ -> to the root
         elif cell['cell_type'] == 'code' and src and not src.startswith('#|'):
             parts.append(f"```python\n{src}\n```")
             text = ''.join(''.join(o.get('text', '')) if o.get('output_type') == 'stream'

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One prepared GPU session: equality checks of the fast routing on CUDA, the routing benchmark, and two
+# Fashion-MNIST trainings (capsule `paper` and `small`, run side by side for a fixed time), each stopped run
+# then evaluated on the whole test set. Everything lands in $OUT (default: gpu-out/):
+#   check.jsonl, bench.jsonl, train-*.log and gpu.tar.gz (the run folders).
+# Usage, on a machine with a CUDA GPU and this package importable: OUT=gpu-out TRAIN_MIN=4.2 bash tools/gpu_run.sh
+# Without network, carry wheels in .whl/ (fastcore) and the Fashion-MNIST IDX files in .gpudata/fashion-mnist/.
+set -u
+OUT=${OUT:-gpu-out}; TRAIN_MIN=${TRAIN_MIN:-4.2}; RUNS=${RUNS:-/tmp/gpu-runs}
+mkdir -p "$OUT" "$RUNS"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else export PYTHONPATH=$PWD; fi
+if [ -d .gpudata/fashion-mnist ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  mkdir -p /usr/share/datasets && cp -r .gpudata/fashion-mnist /usr/share/datasets/; fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RUNS/gpu.txt"
+python3 -c 'import torch, sys; print("torch", torch.__version__, "python", sys.version.split()[0])' | tee -a "$RUNS/gpu.txt"
+t0=$SECONDS
+timeout 100 python3 tools/cuda_check.py > "$OUT/check.jsonl" 2>&1; echo "check rc=$? $((SECONDS - t0)) s"
+grep -c '"ok": true' "$OUT/check.jsonl"; grep '"ok": false' "$OUT/check.jsonl"; grep chunk_sweep "$OUT/check.jsonl"
+t0=$SECONDS
+timeout 140 python3 -m emcaps_nb.bench --device cuda --repeats 10 > "$OUT/bench.jsonl" 2>&1; echo "bench rc=$? $((SECONDS - t0)) s"
+cat "$OUT/bench.jsonl"
+t0=$SECONDS
+for m in paper small; do
+  timeout $(python3 -c "print(int($TRAIN_MIN * 60 + 45))") python3 -m emcaps_nb.cli train --dataset fashion-mnist --model $m \
+    --epochs 12 --workers 5 --time-limit $TRAIN_MIN --checkpoint-every 200 --no-progress \
+    --out "$RUNS/fashion-mnist-$m" > "$OUT/train-$m.log" 2>&1 &
+done
+wait; echo "train $((SECONDS - t0)) s"
+for m in paper small; do   # the stopped model on the whole test set, with 1, 2 and 3 routing iterations
+  ( for it in 1 2 3; do
+      timeout 40 python3 -m emcaps_nb.cli eval --checkpoint "$RUNS/fashion-mnist-$m/last.pt" --iterations $it --json-out \
+        >> "$RUNS/fashion-mnist-$m/eval.jsonl" 2>> "$OUT/train-$m.log"
+    done ) &
+done
+wait
+tail -n 3 "$OUT"/train-*.log; cut -c1-120 "$RUNS"/*/eval.jsonl
+tar czf "$OUT/gpu.tar.gz" -C "$RUNS" . && ls -la "$OUT"
