@@ -14,4 +14,4 @@ from .baseline import CNNBaseline
 from .training import (MODEL_CONFIGS, CheckpointError, TrainConfig, TrainResult, build_model, evaluate, load_checkpoint,
                        load_model, save_checkpoint, select_device, source_commit, train)
 from .analysis import PoseDecoder, adversarial_accuracy, attack_loss, bim, class_routing_trace, fgsm, fit_pose_decoder, perturb_pose
-from .results import PUBLISHED, adversarial_curves, distance_histograms, load_decoder, load_run, load_runs, train_decoder
+# emcaps_nb.results, emcaps_nb.toynorb and emcaps_nb.bench are imported on their own (each is also run with python -m)

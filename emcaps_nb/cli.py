@@ -40,12 +40,14 @@ def train_cmd(
     no_progress: bool = False,  # no progress bars
     time_limit: float = None,   # minutes: stop cleanly with a checkpoint after this much training (resume later)
     checkpoint_every: int = None, # also checkpoint every N steps inside an epoch
+    views: str = None,          # smallnorb/toynorb: train and test on a viewpoint subset (azimuth-familiar, elevation-familiar, ...)
 ) -> dict:
     "Train a capsule network and print its test accuracy."
     given = dict(dataset=dataset, model=config or model, epochs=epochs, batch_size=batch_size, iterations=iterations, lr=lr,
                  inverse_temperature=_lambda(inverse_temperature), device=device, amp=amp, workers=workers, seed=seed,
                  root=root, download=download or None, train_limit=train_limit, test_limit=test_limit,
-                 compile=compile or None, augment=False if no_augment else None, checkpoint_every=checkpoint_every)
+                 compile=compile or None, augment=False if no_augment else None, checkpoint_every=checkpoint_every,
+                 views=views)
     given = {k: v for k, v in given.items() if v is not None}
     saved = _saved_config(out) if resume else None
     cfg = TrainConfig.from_dict({**(saved or {}), **given})
@@ -94,16 +96,22 @@ def eval_cmd(
     download: bool = False,     # download the dataset if it is missing
     limit: int = None,          # test on the first N images only
     json_out: bool = False,     # print one JSON object instead of a table
+    views: str = None,          # smallnorb/toynorb: test on a viewpoint subset (default: as trained), e.g. azimuth-novel
 ) -> dict:
     "Evaluate a checkpoint: test accuracy and confusion matrix (rows: true class, columns: predicted)."
     if checkpoint is None: raise ValueError("--checkpoint is required: the last.pt of a run")
     dev = select_device(device)
     net, cfg = load_model(checkpoint, map_location=dev, iterations=iterations)
     name = dataset or cfg.dataset
-    ds = _limit(get_dataset(name, False, root or cfg.root, download, False), limit)
+    ds = get_dataset(name, False, root or cfg.root, download, False)
+    views = views or (cfg.views if name == cfg.dataset else None)
+    if views:
+        from emcaps_nb.toynorb import select_views
+        ds = select_views(ds, views)
+    ds = _limit(ds, limit)
     r = evaluate(net, ds, _num_classes(ds), batch_size, dev, autocast_dtype(cfg.amp, dev))
     capsules = MODEL_CONFIGS[cfg.model]['kind'] == 'capsules'
-    result = {'checkpoint': str(checkpoint), 'dataset': name, 'model': cfg.model, 'iterations': (iterations or cfg.iterations) if capsules else None,
+    result = {'checkpoint': str(checkpoint), 'dataset': name, 'model': cfg.model, 'views': views, 'iterations': (iterations or cfg.iterations) if capsules else None,
               'accuracy': r['accuracy'], 'images': r['images'], 'confusion': r['confusion'].tolist()}
     if json_out: print(json.dumps(result))
     else:

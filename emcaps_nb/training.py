@@ -81,12 +81,17 @@ class TrainConfig:
     eval_batch_size: int = 200
     log_every: int = 10              # steps between rows of steps.jsonl (loss and accuracy of the last steps)
     checkpoint_every: int = 0        # also checkpoint every this many steps inside an epoch (0: at epoch ends only)
+    views: str | None = None         # smallNORB/toynorb only: train and test on a viewpoint subset, e.g. 'azimuth-familiar'
 
     def __post_init__(self):
         if self.model not in MODEL_CONFIGS: raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_CONFIGS)}")
         for name in ('epochs', 'batch_size', 'iterations', 'eval_batch_size', 'log_every'):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.views is not None:
+            from emcaps_nb.toynorb import VIEW_SPLITS
+            if self.views not in VIEW_SPLITS: raise ValueError(f"views must be one of {', '.join(VIEW_SPLITS)}, got {self.views!r}")
+            if self.dataset not in ('smallnorb', 'toynorb'): raise ValueError(f"views needs smallnorb or toynorb, not {self.dataset!r}")
         if self.amp not in ('auto', 'bf16', 'off'): raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
         lam = self.inverse_temperature
         if lam != 'article' and not (isinstance(lam, (int, float)) and lam > 0):
@@ -261,7 +266,8 @@ def evaluate(
 def _limit(ds, n): return ds if n is None or n >= len(ds) else Subset(ds, range(n))
 
 def _num_classes(ds) -> int:
-    base = ds.dataset if isinstance(ds, Subset) else ds
+    base = ds
+    while isinstance(base, Subset): base = base.dataset   # a limit of a viewpoint subset of a dataset
     if getattr(base, 'classes', None): return len(base.classes)
     return int(max(int(base[i][1]) for i in range(len(base)))) + 1
 
@@ -342,6 +348,9 @@ def train(
     ddp.barrier()
     if not ddp.main: train_ds = get_dataset(cfg.dataset, True, cfg.root, False, cfg.augment)
     test_ds = get_dataset(cfg.dataset, False, cfg.root, False, False)
+    if cfg.views:
+        from emcaps_nb.toynorb import select_views
+        train_ds, test_ds = select_views(train_ds, cfg.views), select_views(test_ds, cfg.views)
     train_ds, test_ds = _limit(train_ds, cfg.train_limit), _limit(test_ds, cfg.test_limit)
     num_classes, (in_channels, image_size) = _num_classes(test_ds), test_ds[0][0].shape[:2]
 

@@ -77,3 +77,23 @@ def test_two_process_gloo_run_equals_one_process(tmp_path):
     assert [r['train_images'] for r in two] == [r['train_images'] for r in one] == [64, 64]
     for a, b in zip(two, one):   # metrics are reduced over both ranks
         assert abs(a['train_loss'] - b['train_loss']) < 1e-4 and a['test_acc'] == pytest.approx(b['test_acc'], abs=1e-9)
+
+
+def test_toynorb_viewpoint_split_trains_and_evaluates(tmp_path):
+    "A small rendered toynorb: train on familiar azimuths (`--views`), evaluate on novel ones; the summary records the commit."
+    r = _sh([sys.executable, '-c', "from emcaps_nb.toynorb import build_toynorb; build_toynorb('data', "
+             "instances={True: [0], False: [5]}, azimuths=[0, 20, 180], elevations=[30], progress=False)"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = _sh(_emcaps() + ['train', '--dataset', 'toynorb', '--views', 'azimuth-familiar', '--config', 'tiny', '--epochs', '1',
+                         '--batch-size', '10', '--out', 'run', '--no-progress'], tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
+    assert summary['config']['views'] == 'azimuth-familiar'
+    assert summary['test_images'] == 5 * 2 * 6          # 5 toys x azimuths 0 and 20 x 6 lightings, of the test instance
+    assert 'commit' in summary
+    r = _sh(_emcaps() + ['eval', '--checkpoint', 'run/last.pt', '--views', 'azimuth-novel', '--json-out'], tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert (res['views'], res['images']) == ('azimuth-novel', 5 * 1 * 6)   # azimuth 180 only
+    r = _sh(_emcaps() + ['train', '--dataset', 'fashion-mnist', '--views', 'azimuth-novel', '--out', 'bad'], tmp_path)
+    assert r.returncode == 2 and 'views needs smallnorb or toynorb' in r.stderr, r.stderr
