@@ -41,13 +41,14 @@ def train_cmd(
     time_limit: float = None,   # minutes: stop cleanly with a checkpoint after this much training (resume later)
     checkpoint_every: int = None, # also checkpoint every N steps inside an epoch
     views: str = None,          # smallnorb/toynorb: train and test on a viewpoint subset (azimuth-familiar, elevation-familiar, ...)
+    keep_epochs: bool = False,  # also keep every epoch's checkpoint as epoch-N.pt
 ) -> dict:
     "Train a capsule network and print its test accuracy."
     given = dict(dataset=dataset, model=config or model, epochs=epochs, batch_size=batch_size, iterations=iterations, lr=lr,
                  inverse_temperature=_lambda(inverse_temperature), device=device, amp=amp, workers=workers, seed=seed,
                  root=root, download=download or None, train_limit=train_limit, test_limit=test_limit,
                  compile=compile or None, augment=False if no_augment else None, checkpoint_every=checkpoint_every,
-                 views=views)
+                 views=views, keep_epochs=keep_epochs or None)
     given = {k: v for k, v in given.items() if v is not None}
     saved = _saved_config(out) if resume else None
     cfg = TrainConfig.from_dict({**(saved or {}), **given})

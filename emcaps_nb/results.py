@@ -16,7 +16,7 @@ from .analysis import PoseDecoder, adversarial_accuracy, class_routing_trace, fi
 from .data import get_dataset
 from .training import load_checkpoint, load_model
 
-# %% ../nbs/08_results.ipynb #063bdb39
+# %% ../nbs/08_results.ipynb #61ac491b
 def _jsonl(path: pathlib.Path) -> list:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
@@ -35,7 +35,7 @@ def load_run(folder) -> dict:
     final = [e for e in evals if e.get('iterations') == cfg['iterations']]
     if summary: acc, when = summary['test_acc'], f"{summary['epochs']} epochs (finished)"
     elif final: acc, when = final[-1]['accuracy'], f"{epochs:.2f} of {cfg['epochs']} epochs (stopped)"
-    elif metrics: acc, when = metrics[-1]['test_acc'], f"{len(metrics)} of {cfg['epochs']} epochs (stopped)"
+    elif metrics: acc, when = metrics[-1]['test_acc'], f"{len(metrics)} of {cfg['epochs']} epochs (saved at {epochs:.2f})"
     else: acc, when = None, 'not evaluated'
     return {'name': folder.name, 'model': cfg['model'], 'dataset': cfg['dataset'], 'iterations': cfg['iterations'],
             'parameters': sum(p.numel() for p in net.parameters()), 'test_acc': acc, 'trained': when, 'epochs': epochs,

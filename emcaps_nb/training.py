@@ -82,6 +82,7 @@ class TrainConfig:
     log_every: int = 10              # steps between rows of steps.jsonl (loss and accuracy of the last steps)
     checkpoint_every: int = 0        # also checkpoint every this many steps inside an epoch (0: at epoch ends only)
     views: str | None = None         # smallNORB/toynorb only: train and test on a viewpoint subset, e.g. 'azimuth-familiar'
+    keep_epochs: bool = False        # also keep every epoch's checkpoint as epoch-N.pt (to pick a model by its test error)
 
     def __post_init__(self):
         if self.model not in MODEL_CONFIGS: raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_CONFIGS)}")
@@ -318,7 +319,7 @@ class TrainResult:
 # %% ../nbs/07_training.ipynb #00cb79e9
 def _check_resume(saved: dict, cfg: TrainConfig, path):
     "A resumed run may train for more epochs (or with other workers / progress), nothing else may change."
-    free = {'epochs', 'workers', 'device', 'root', 'download', 'compile', 'checkpoint_every'}
+    free = {'epochs', 'workers', 'device', 'root', 'download', 'compile', 'checkpoint_every', 'keep_epochs'}
     diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if k not in free and saved.get(k) != v}
     if diff: raise ValueError(f"cannot resume {path}: the config differs from the saved run in {diff} (saved, given)")
 
@@ -376,10 +377,12 @@ def train(
         _write_json(out / 'config.json', {**asdict(cfg), 'world_size': ddp.world_size})
     def checkpoint(epochs_done, partial=None):
         if not (out and ddp.main): return
-        save_checkpoint(ckpt_path, {'config': asdict(cfg), 'epoch': epochs_done, 'partial': partial, 'model': net.state_dict(),
+        state = {'config': asdict(cfg), 'epoch': epochs_done, 'partial': partial, 'model': net.state_dict(),
                                     'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(),
                                     'rng': rng_state(loader_gen), 'history': history, 'steps': steps,
-                                    'num_classes': num_classes, 'in_channels': in_channels, 'image_size': image_size})
+                                    'num_classes': num_classes, 'in_channels': in_channels, 'image_size': image_size}
+        save_checkpoint(ckpt_path, state)
+        if cfg.keep_epochs and partial is None: save_checkpoint(out / f'epoch-{epochs_done}.pt', state)
         _write_jsonl(out / 'metrics.jsonl', history); _write_jsonl(out / 'steps.jsonl', steps)
 
     test, began, done_here, stopped = None, time.perf_counter(), 0, False

@@ -85,13 +85,14 @@ def test_toynorb_viewpoint_split_trains_and_evaluates(tmp_path):
              "instances={True: [0], False: [5]}, azimuths=[0, 20, 180], elevations=[30], progress=False)"], tmp_path)
     assert r.returncode == 0, r.stderr
     r = _sh(_emcaps() + ['train', '--dataset', 'toynorb', '--views', 'azimuth-familiar', '--config', 'tiny', '--epochs', '1',
-                         '--batch-size', '10', '--out', 'run', '--no-progress'], tmp_path)
+                         '--batch-size', '10', '--out', 'run', '--no-progress', '--keep-epochs'], tmp_path)
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
     assert summary['config']['views'] == 'azimuth-familiar'
+    assert (tmp_path / 'run' / 'epoch-1.pt').exists()
     assert summary['test_images'] == 5 * 2 * 6          # 5 toys x azimuths 0 and 20 x 6 lightings, of the test instance
     assert 'commit' in summary
-    r = _sh(_emcaps() + ['eval', '--checkpoint', 'run/last.pt', '--views', 'azimuth-novel', '--json-out'], tmp_path)
+    r = _sh(_emcaps() + ['eval', '--checkpoint', 'run/epoch-1.pt', '--views', 'azimuth-novel', '--json-out'], tmp_path)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert (res['views'], res['images']) == ('azimuth-novel', 5 * 1 * 6)   # azimuth 180 only
