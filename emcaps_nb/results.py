@@ -16,7 +16,7 @@ from .analysis import PoseDecoder, adversarial_accuracy, class_routing_trace, fi
 from .data import get_dataset
 from .training import load_checkpoint, load_model
 
-# %% ../nbs/08_results.ipynb #61ac491b
+# %% ../nbs/08_results.ipynb #b0e996f2
 def _jsonl(path: pathlib.Path) -> list:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
@@ -33,7 +33,7 @@ def load_run(folder) -> dict:
     per_epoch = -(-(metrics[0]['train_images'] if metrics else 60000) // cfg['batch_size'])   # steps in one epoch
     epochs = state['epoch'] + ((state.get('partial') or {}).get('batches_done', 0)) / per_epoch
     final = [e for e in evals if e.get('iterations') == cfg['iterations']]
-    if summary: acc, when = summary['test_acc'], f"{summary['epochs']} epochs (finished)"
+    if summary: acc, when = summary['test_acc'], f"{summary['epochs']} epoch{'s' * (summary['epochs'] != 1)} (finished)"
     elif final: acc, when = final[-1]['accuracy'], f"{epochs:.2f} of {cfg['epochs']} epochs (stopped)"
     elif metrics: acc, when = metrics[-1]['test_acc'], f"{len(metrics)} of {cfg['epochs']} epochs (saved at {epochs:.2f})"
     else: acc, when = None, 'not evaluated'
