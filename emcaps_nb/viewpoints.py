@@ -15,7 +15,7 @@ from .data import get_dataset
 from .toynorb import AZIMUTH_SPLIT, ELEVATION_SPLIT
 from .training import class_scores, load_model
 
-# %% ../nbs/09_viewpoints.ipynb #4fb346b6
+# %% ../nbs/09_viewpoints.ipynb #d09d61ee
 def epoch_checkpoints(run) -> list:
     "The (epoch, path) of every epoch-N.pt kept in a run folder, in order."
     found = [(int(m.group(1)), p) for p in pathlib.Path(run).glob('epoch-*.pt') if (m := re.fullmatch(r'epoch-(\d+)\.pt', p.name))]
@@ -39,7 +39,7 @@ def accuracy_by_view(net, ds, stride: int = 1, batch_size: int = 200, device='cp
 def split_errors(by_view: dict, split: str) -> tuple[float, float]:
     "Familiar and novel error of one split ('azimuth' or 'elevation') from `accuracy_by_view`, weighting views equally."
     views = {'azimuth': AZIMUTH_SPLIT, 'elevation': ELEVATION_SPLIT}[split]
-    acc = by_view[split]
+    acc = {int(k): v for k, v in by_view[split].items()}   # keys are strings once saved as JSON
     return tuple(1 - sum(acc[v] for v in views[k]) / len(views[k]) for k in ('familiar', 'novel'))
 
 # %% ../nbs/09_viewpoints.ipynb #e453a4db
