@@ -6,13 +6,13 @@
 __all__ = ['PUBLISHED', 'EPSILONS', 'load_run', 'load_runs', 'distance_histograms', 'adversarial_curves', 'train_decoder',
            'load_decoder', 'main']
 
-# %% ../nbs/08_results.ipynb #ceceed80
+# %% ../nbs/08_results.ipynb #26923eeb
 import argparse, json, pathlib
 
 import torch
 from torch.utils.data import Subset
 
-from .analysis import PoseDecoder, adversarial_accuracy, class_routing_trace, fit_pose_decoder, perturb_pose
+from .analysis import PoseDecoder, adversarial_accuracy, class_routing_trace, fit_pose_decoder
 from .data import get_dataset
 from .training import load_checkpoint, load_model
 

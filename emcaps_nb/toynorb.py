@@ -8,8 +8,8 @@ __all__ = ['CATEGORIES', 'LIGHTINGS', 'AMBIENT', 'NORB_AZIMUTHS', 'NORB_ELEVATIO
            'project', 'rasterize', 'shade', 'render', 'toynorb_split', 'build_toynorb', 'ToyNORB', 'viewpoints',
            'select_views', 'main']
 
-# %% ../nbs/06c_toynorb.ipynb #26f843ec
-import gzip, json, math, pathlib, time
+# %% ../nbs/06c_toynorb.ipynb #0b850c6e
+import json, math, pathlib, time
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import SMALLNORB_CLASSES, SMALLNORB_FILES, SmallNORB, read_norb, write_norb
+from .data import SMALLNORB_CLASSES, SMALLNORB_FILES, SmallNORB, write_norb
 
 # %% ../nbs/06c_toynorb.ipynb #bab64586
 @dataclass

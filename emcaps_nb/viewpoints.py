@@ -42,16 +42,15 @@ def split_errors(by_view: dict, split: str) -> tuple[float, float]:
     acc = {int(k): v for k, v in by_view[split].items()}   # keys are strings once saved as JSON
     return tuple(1 - sum(acc[v] for v in views[k]) / len(views[k]) for k in ('familiar', 'novel'))
 
-# %% ../nbs/09_viewpoints.ipynb #e453a4db
+# %% ../nbs/09_viewpoints.ipynb #fdc90b7b
 def evaluate_run(run, root='data', stride: int = 1, device='cpu') -> dict:
     "Accuracy by viewpoint of every kept epoch of a toynorb (or smallNORB) run."
-    ckpts = epoch_checkpoints(run)
-    net, cfg = load_model(ckpts[0][1], device)
-    if not cfg.views: raise ValueError(f"{run} was not trained on a viewpoint subset (--views)")
-    ds = get_dataset(cfg.dataset, False, root, False, False)
-    epochs = []
-    for n, path in ckpts:
-        net, _ = load_model(path, device)
+    epochs, ds = [], None
+    for n, path in epoch_checkpoints(run):
+        net, cfg = load_model(path, device)
+        if ds is None:   # the first checkpoint names the dataset and views
+            if not cfg.views: raise ValueError(f"{run} was not trained on a viewpoint subset (--views)")
+            ds = get_dataset(cfg.dataset, False, root, False, False)
         epochs.append({'epoch': n, **accuracy_by_view(net, ds, stride, device=device)})
     return {'run': pathlib.Path(run).name, 'model': cfg.model, 'dataset': cfg.dataset, 'views': cfg.views, 'stride': stride,
             'parameters': sum(p.numel() for p in net.parameters()), 'epochs': epochs}
