@@ -94,3 +94,21 @@ def test_ci_runs_the_readme_test_command():
     readme, ci = (ROOT / 'README.md').read_text(), (ROOT / '.ci' / 'run').read_text()
     assert '# run the tests\nOMP_NUM_THREADS=1 nbdev_test && pytest -q tests\n' in readme
     assert "awk '/^# run the tests$/" in ci
+
+
+def test_docs_processing_runs_no_experiment():
+    "nbdev's docs processing executes exported cells and every cell that imports something: those cells hold imports only."
+    import ast, warnings
+    from nbdev.process import NBProcessor
+    from nbdev.processors import _do_eval
+    bad = []
+    for path in NBS + [ROOT / 'nbs' / 'index.ipynb']:
+        for cell in NBProcessor(path, procs=[]).nb.cells:
+            if cell.cell_type != 'code': continue
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')   # nbdev warns about exactly the cells this test reports
+                if not _do_eval(cell): continue
+            if cell.directives_.keys() & {'export', 'exports', 'exporti', 'exec_doc'}: continue   # library code
+            if any(not isinstance(t, (ast.Import, ast.ImportFrom)) for t in cell.parsed_()):
+                bad.append(f'{path.name} cell {cell.idx_}: {cell.source.splitlines()[0]}')
+    assert not bad, 'cells mixing imports with other code (a docs build would run them; move the imports to their own cell):\n' + '\n'.join(bad)
