@@ -43,15 +43,20 @@ def split_errors(by_view: dict, split: str) -> tuple[float, float]:
     return tuple(1 - sum(acc[v] for v in views[k]) / len(views[k]) for k in ('familiar', 'novel'))
 
 # %% ../nbs/09_viewpoints.ipynb #fdc90b7b
-def evaluate_run(run, root='data', stride: int = 1, device='cpu') -> dict:
-    "Accuracy by viewpoint of every kept epoch of a toynorb (or smallNORB) run."
+def evaluate_run(run, root='data', stride: int = 1, device='cpu', previous: dict | None = None) -> dict:
+    """Accuracy by viewpoint of every kept epoch of a toynorb (or smallNORB) run. Epochs already in `previous` (this run's
+    earlier result, at the same stride) are taken from it instead of being evaluated again."""
+    ckpts = epoch_checkpoints(run)
+    net, cfg = load_model(ckpts[-1][1], device)   # the last checkpoint names the dataset, the views and the size
+    if not cfg.views: raise ValueError(f"{run} was not trained on a viewpoint subset (--views)")
+    same = previous and previous.get('stride') == stride and previous.get('views') == cfg.views
+    done = {e['epoch']: e for e in previous['epochs']} if same else {}
     epochs, ds = [], None
-    for n, path in epoch_checkpoints(run):
-        net, cfg = load_model(path, device)
-        if ds is None:   # the first checkpoint names the dataset and views
-            if not cfg.views: raise ValueError(f"{run} was not trained on a viewpoint subset (--views)")
-            ds = get_dataset(cfg.dataset, False, root, False, False)
-        epochs.append({'epoch': n, **accuracy_by_view(net, ds, stride, device=device)})
+    for n, path in ckpts:
+        if n in done: epochs.append(done[n]); continue
+        if ds is None: ds = get_dataset(cfg.dataset, False, root, False, False)
+        model = net if path == ckpts[-1][1] else load_model(path, device)[0]
+        epochs.append({'epoch': n, **accuracy_by_view(model, ds, stride, device=device)})
     return {'run': pathlib.Path(run).name, 'model': cfg.model, 'dataset': cfg.dataset, 'views': cfg.views, 'stride': stride,
             'parameters': sum(p.numel() for p in net.parameters()), 'epochs': epochs}
 
@@ -79,12 +84,17 @@ def main(argv=None):
     p.add_argument('runs', nargs='+', help='run folders trained with --views and --keep-epochs')
     p.add_argument('--root', default='data'); p.add_argument('--stride', type=int, default=1)
     p.add_argument('--device', default='cpu'); p.add_argument('--out', default='results/viewpoints')
+    p.add_argument('--again', action='store_true', help='evaluate every epoch, also those already in the saved result')
     args = p.parse_args(argv)
     out = pathlib.Path(args.out); out.mkdir(parents=True, exist_ok=True)
     for run in args.runs:
-        res = evaluate_run(run, args.root, args.stride, args.device)
-        (out / f"{res['run']}.json").write_text(json.dumps(res, indent=1) + '\n')
-        print(res['run'], len(res['epochs']), 'epochs evaluated')
+        saved = out / f"{pathlib.Path(run).name}.json"
+        previous = json.loads(saved.read_text()) if saved.exists() and not args.again else None
+        res = evaluate_run(run, args.root, args.stride, args.device, previous)
+        tmp = saved.with_suffix('.json.tmp')   # written whole, then renamed: an interrupted run leaves the old file intact
+        tmp.write_text(json.dumps(res, indent=1) + '\n'); tmp.replace(saved)
+        reused = sum(e in previous['epochs'] for e in res['epochs']) if previous else 0
+        print(f"{res['run']}: {len(res['epochs'])} epochs ({reused} from {saved})")
 
 # %% ../nbs/09_viewpoints.ipynb #d0dc71e6
 # only `python -m emcaps_nb.viewpoints`: a notebook kernel or nbdev_test also runs this cell as __main__
