@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .mstep import EPS, TINY, routing_dtype
-from .routing import Schedule, _check_routing, em_routing, inverse_temperature_schedule
+from .routing import Schedule, _check_routing, inverse_temperature_schedule
 
 # %% ../nbs/05a_fast_routing.ipynb #8b3e0210
 def _route_chunk(

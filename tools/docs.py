@@ -81,6 +81,7 @@ def _link_outside(proc: pathlib.Path, cfg):
 
 def stage(n_workers: int = 2):
     "nbdev's processing of every notebook into _proc/, as `nbdev_docs` does before Quarto renders."
+    # Called from Python rather than as `nbdev_proc_nbs`, which (nbdev 2.4.14) first tries to install Quarto when it is missing.
     from nbdev.serve import proc_nbs
     from nbdev.quarto import refresh_quarto_yml
     cfg, nbs, proc = _config()
