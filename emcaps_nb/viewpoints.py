@@ -45,18 +45,20 @@ def split_errors(by_view: dict, split: str) -> tuple[float, float]:
 # %% ../nbs/09_viewpoints.ipynb #fdc90b7b
 def evaluate_run(run, root='data', stride: int = 1, device='cpu', previous: dict | None = None) -> dict:
     """Accuracy by viewpoint of every kept epoch of a toynorb (or smallNORB) run. Epochs already in `previous` (this run's
-    earlier result, at the same stride) are taken from it instead of being evaluated again."""
+    earlier result, at the same stride) are taken from it instead of being evaluated again, and stay in the result
+    even when their checkpoints have since been deleted."""
     ckpts = epoch_checkpoints(run)
     net, cfg = load_model(ckpts[-1][1], device)   # the last checkpoint names the dataset, the views and the size
     if not cfg.views: raise ValueError(f"{run} was not trained on a viewpoint subset (--views)")
     same = previous and previous.get('stride') == stride and previous.get('views') == cfg.views
     done = {e['epoch']: e for e in previous['epochs']} if same else {}
-    epochs, ds = [], None
+    epochs, ds = [e for n, e in done.items() if n not in dict(ckpts)], None
     for n, path in ckpts:
         if n in done: epochs.append(done[n]); continue
         if ds is None: ds = get_dataset(cfg.dataset, False, root, False, False)
         model = net if path == ckpts[-1][1] else load_model(path, device)[0]
         epochs.append({'epoch': n, **accuracy_by_view(model, ds, stride, device=device)})
+    epochs.sort(key=lambda e: e['epoch'])
     return {'run': pathlib.Path(run).name, 'model': cfg.model, 'dataset': cfg.dataset, 'views': cfg.views, 'stride': stride,
             'parameters': sum(p.numel() for p in net.parameters()), 'epochs': epochs}
 

@@ -1,6 +1,6 @@
 """Build the documentation site from the notebooks into `_docs/`.
 
-    python tools/docs.py --fetch     # the first time: download KaTeX and the ipywidgets embedder (npm registry), then build
+    python tools/docs.py --fetch     # the first time: download KaTeX, the ipywidgets embedder and the font (npm), then build
     python tools/docs.py             # the offline site: nbdev's notebook processing, then smalldocs (no Quarto, no network)
     python tools/docs.py --serve     # build, then serve _docs/ on http://127.0.0.1:8000 only
     python tools/docs.py --quarto    # the canonical site with Quarto (what .github/workflows/deploy.yaml runs)
@@ -8,8 +8,8 @@
 Both builds stage the notebooks the same way into `_proc/`: nbdev's processing (`show_doc` API docs, hidden and exported
 cells, links between pages; it executes import, export and `show_doc` cells only), a sidebar of the notebooks in order, and the
 files that markdown cells link outside `nbs/` (`../results/figures/*.png`) copied into the site. The offline build then renders
-`_proc/` with smalldocs and completes what smalldocs leaves out: pages named by nbdev's `output-file`, KaTeX from local files
-instead of a CDN, links to the published site made relative, and ipywidgets drawn from the notebook's saved widget state.
+`_proc/` with smalldocs and completes what smalldocs leaves out: pages named by nbdev's `output-file`, KaTeX and the theme's
+font from local files instead of CDNs, links to the published site made relative, and ipywidgets drawn from the notebook's saved widget state.
 """
 import argparse, json, pathlib, re, shutil, subprocess, sys, tarfile, tempfile, time
 
@@ -218,10 +218,10 @@ def serve(site: pathlib.Path, port: int = 8000):
 def main(argv=None):
     p = argparse.ArgumentParser(prog='python tools/docs.py', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
-    p.add_argument('--fetch', action='store_true', help='first download KaTeX and the widget embedder (npm registry) into tools/vendor/')
+    p.add_argument('--fetch', action='store_true', help='first download KaTeX, the widget embedder and the theme font (npm registry) into tools/vendor/')
     p.add_argument('--quarto', action='store_true', help='build the canonical site with Quarto instead')
     p.add_argument('--serve', action='store_true', help='serve the built site on 127.0.0.1')
-    p.add_argument('--port', type=int, default=8000)
+    p.add_argument('--port', type=int, default=8000, help='port for --serve (default 8000)')
     p.add_argument('--out', type=pathlib.Path, help='site folder (default _docs)')
     p.add_argument('--workers', type=int, default=2, help='processes for nbdev processing (default 2)')
     a = p.parse_args(argv)
