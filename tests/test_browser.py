@@ -29,6 +29,7 @@ def _free_port() -> int:
 def browser(tmp_path_factory):
     "A fresh headless chromium profile."
     from playwright.sync_api import sync_playwright
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(str(tmp_path_factory.mktemp('profile')), executable_path=_chromium(),
                                                     headless=True, args=CHROMIUM_ARGS, viewport={'width': 1280, 'height': 900})
@@ -97,7 +98,6 @@ def test_site_page(site, browser, name):
     seen = _watch(page, base)
     page.goto(base + name, wait_until='networkidle')
     page.wait_for_timeout(200)   # KaTeX's auto-render runs on DOMContentLoaded, deferred
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f'site-{name[:-5]}.png'))
     assert not seen['errors'], seen['errors']
     assert not seen['outside'], f'requests leaving 127.0.0.1: {seen["outside"]}'
@@ -210,7 +210,6 @@ def test_jupyterlab_sliders(lab, browser):
         page.wait_for_timeout(500)
     page.locator('.widget-output img').first.wait_for(timeout=30_000)
     page.locator('.widget-slider').first.scroll_into_view_if_needed()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / 'lab-before.png'))
     before = _figure(page)
     # the explorer cell ran first with lambda 1, 3 iterations; the test cell below it moved the same sliders to (10, 5)
@@ -224,9 +223,15 @@ def test_jupyterlab_sliders(lab, browser):
     assert [float(v) for v in values[:2]] == [0.1, 1.0], values
     assert len({before, after_lambda, after_iters}) == 3
     # no cell errored: save, then read the notebook the kernel filled
+    saved = work / 'explorer.ipynb'
+    before_save = saved.stat().st_mtime_ns
     page.keyboard.press('Control+S')
-    page.wait_for_timeout(1500)
-    nb = json.loads((work / 'explorer.ipynb').read_text())
+    for _ in range(60):   # until JupyterLab has written the file
+        if saved.stat().st_mtime_ns != before_save: break
+        page.wait_for_timeout(250)
+    else: pytest.fail('Ctrl+S did not save the notebook')
+    page.wait_for_timeout(250)
+    nb = json.loads(saved.read_text())
     cells = [c for c in nb['cells'] if c['cell_type'] == 'code']
     assert all(c['execution_count'] for c in cells), [c['source'][:1] for c in cells if not c['execution_count']]
     errors = [o for c in cells for o in c['outputs'] if o['output_type'] == 'error']

@@ -94,11 +94,11 @@ def stage(n_workers: int = 2):
 
 
 def _front_matter(nb: dict) -> tuple[dict, int | None]:
+    "The YAML front matter nbdev's processing puts in a notebook's first (raw) cell, and that cell's index."
     import yaml
-    for i, cell in enumerate(nb['cells'][:1]):
-        src = ''.join(cell['source'])
-        if cell['cell_type'] == 'raw' and src.startswith('---'):
-            return yaml.safe_load(src.strip().strip('-')) or {}, i
+    first = nb['cells'][0] if nb['cells'] else {}
+    src = ''.join(first.get('source', ''))
+    if first.get('cell_type') == 'raw' and src.startswith('---'): return yaml.safe_load(src.strip().strip('-')) or {}, 0
     return {}, None
 
 
@@ -141,7 +141,7 @@ def _static_widgets(proc: pathlib.Path) -> int:
                     first = False
                 out['data'] = {'text/html': tags + f'<script type="{WIDGET_VIEW}">{json.dumps(view)}</script>'}
                 n += 1
-        nb_path.write_text(json.dumps(nb, indent=1))
+        if not first: nb_path.write_text(json.dumps(nb, indent=1))   # a view was rewritten
     return n
 
 
