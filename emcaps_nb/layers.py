@@ -13,8 +13,8 @@ from torch import nn, Tensor
 
 from .votes import kernel_tile, mat_transform
 from .routing import em_routing, inverse_temperature_schedule
-from .fast_routing import em_routing_fast
-from .coordinates import coord_addition
+from .fast_routing import vote_and_route
+from .coordinates import coord_addition, coord_offsets
 
 # %% ../nbs/05_layers.ipynb #01b6e765
 class PrimaryCaps(nn.Module):
@@ -33,12 +33,12 @@ class PrimaryCaps(nn.Module):
         return pose, torch.sigmoid(self.activation(x)).permute(0, 2, 3, 1)  # (n, h, w, b)
 
 # %% ../nbs/05_layers.ipynb #44c8e02e
-ROUTINGS = {'fast': em_routing_fast, 'literal': em_routing}
+ROUTINGS = ('fast', 'literal')
 
 # %% ../nbs/05_layers.ipynb #d43feb2a
 def _routing(name):
     if name not in ROUTINGS: raise ValueError(f"routing must be one of {sorted(ROUTINGS)}, got {name!r}")
-    return ROUTINGS[name]
+    return name
 
 def _schedule(lambda_min, lambda_max):
     "The inverse temperature schedule of a layer: lambda from lambda_min to lambda_max (default min(T, 3))."
@@ -59,7 +59,7 @@ class ConvCaps(nn.Module):
                  lambda_min: float = 1.0, lambda_max: float | None = None):
         super().__init__()
         self.B, self.C, self.K, self.stride, self.iterations = B, C, K, stride, iterations
-        self.routing, self._route = routing, _routing(routing)
+        self.routing = _routing(routing)
         self.lambda_min, self.lambda_max, self._schedule = lambda_min, lambda_max, _schedule(lambda_min, lambda_max)
         self.W = nn.Parameter(nn.init.trunc_normal_(torch.empty(K * K * B, C, 4, 4), std=1.0, a=-2.0, b=2.0))
         self.beta_v = nn.Parameter(torch.zeros(C))
@@ -70,9 +70,13 @@ class ConvCaps(nn.Module):
         _check_capsules('ConvCaps', pose, act, self.B)
         if min(pose.shape[1:3]) < self.K:
             raise ValueError(f"ConvCaps with K={self.K} needs a capsule grid of at least {self.K}x{self.K}, got {tuple(pose.shape[1:3])}")
-        votes = mat_transform(kernel_tile(pose, self.K, self.stride), self.W)  # (n, oh, ow, i, o, 16)
-        a_in = kernel_tile(act, self.K, self.stride)                          # (n, oh, ow, i)
-        pose_out, a_out = self._route(votes, a_in, self.beta_v, self.beta_a, self.iterations, self._schedule)
+        patches = kernel_tile(pose, self.K, self.stride)                     # (n, oh, ow, i, 4, 4)
+        a_in = kernel_tile(act, self.K, self.stride)                         # (n, oh, ow, i)
+        route = (self.beta_v, self.beta_a, self.iterations, self._schedule)
+        if self.routing == 'fast':   # votes made inside the routing (never stored by the CPU kernel)
+            pose_out, a_out = vote_and_route(patches, self.W, a_in, *route)
+        else:
+            pose_out, a_out = em_routing(mat_transform(patches, self.W), a_in, *route)  # votes (n, oh, ow, i, o, 16)
         return pose_out.unflatten(-1, (4, 4)), a_out
 
     def extra_repr(self): return f"B={self.B}, C={self.C}, K={self.K}, stride={self.stride}, iterations={self.iterations}, routing={self.routing!r}, lambda=({self.lambda_min}, {self.lambda_max})"
@@ -84,7 +88,7 @@ class ClassCaps(nn.Module):
                  lambda_min: float = 1.0, lambda_max: float | None = None):
         super().__init__()
         self.D, self.E, self.iterations, self.coord_add = D, E, iterations, coord_add
-        self.routing, self._route = routing, _routing(routing)
+        self.routing = _routing(routing)
         self.lambda_min, self.lambda_max, self._schedule = lambda_min, lambda_max, _schedule(lambda_min, lambda_max)
         self.W = nn.Parameter(nn.init.trunc_normal_(torch.empty(D, E, 4, 4), std=1.0, a=-2.0, b=2.0))
         self.beta_v = nn.Parameter(torch.zeros(E))
@@ -93,11 +97,16 @@ class ClassCaps(nn.Module):
     def forward(self, pose: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
         "(N, H, W, D, 4, 4), (N, H, W, D) -> (N, E, 4, 4), (N, E)"
         _check_capsules('ClassCaps', pose, act, self.D)
-        votes = mat_transform(pose, self.W)                  # (n, h, w, d, e, 16)
-        if self.coord_add: votes = coord_addition(votes)
-        n = votes.shape[0]
-        pose_out, a_out = self._route(votes.reshape(n, -1, self.E, 16), act.reshape(n, -1),
-                                      self.beta_v, self.beta_a, self.iterations, self._schedule)
+        n, h, w, d = act.shape
+        route = (self.beta_v, self.beta_a, self.iterations, self._schedule)
+        if self.routing == 'fast':   # input (h, w, d) uses W[d]: W's rows repeat every D inputs
+            offset = coord_offsets(h, w, 16, pose.dtype, pose.device)[:, :, None].expand(h, w, d, 16).reshape(-1, 16)
+            pose_out, a_out = vote_and_route(pose.reshape(n, -1, 4, 4), self.W, act.reshape(n, -1), *route,
+                                             offset=offset if self.coord_add else None)
+        else:
+            votes = mat_transform(pose, self.W)                  # (n, h, w, d, e, 16)
+            if self.coord_add: votes = coord_addition(votes)
+            pose_out, a_out = em_routing(votes.reshape(n, -1, self.E, 16), act.reshape(n, -1), *route)
         return pose_out.unflatten(-1, (4, 4)), a_out
 
     def extra_repr(self): return f"D={self.D}, E={self.E}, iterations={self.iterations}, coord_add={self.coord_add}, routing={self.routing!r}, lambda=({self.lambda_min}, {self.lambda_max})"
