@@ -4,9 +4,9 @@ from .gaussian_em import GaussianMixture, GMMFit, gaussian_log_density, gmm_e_st
 from .votes import kernel_tile, mat_transform
 from .mstep import m_step
 from .routing import e_step, em_routing, em_routing_steps, inverse_temperature_schedule, RoutingStep
-from .fast_routing import CHUNK_MB, em_routing_fast
+from .fast_routing import BACKENDS, CHUNK_MB, cpu_kernel, em_routing_fast, vote_and_route
 from .explorer import VoteProblem, vote_clusters, explore_routing, plot_routing, routing_explorer
-from .coordinates import coord_addition
+from .coordinates import coord_addition, coord_offsets
 from .layers import PrimaryCaps, ConvCaps, ClassCaps, CapsNet
 from .loss import spread_loss, spread_loss_margin
 from .data import DATASETS, DatasetNotFoundError, ImageDataset, RandomShift, SmallNORB, get_dataset, read_idx, read_norb

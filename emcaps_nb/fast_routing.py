@@ -106,11 +106,11 @@ inline int64_t iter_state(const Shape& s) { return s.I * s.O + 3 * s.O * s.H + 3
 template <typename T>
 struct Buffers {  // one per thread, reused for every problem it handles
   std::vector<T> V, gV, R, c, gR, gq, gc, x, mu, var, cd, w, L, A, S, cost, la, inv, gmu, gvar, gL, gw, gqd, gA, gla,
-      gS, gW;
+      gS;
   void init(const Shape& s, bool fused, bool backward) {
     const int64_t IO = s.I * s.O, OH = s.O * s.H;
     if (fused) V.resize(IO * s.H);
-    if (fused && backward) { gV.resize(IO * s.H); gW.assign(s.Iw * OH, T(0)); }
+    if (fused && backward) gV.resize(IO * s.H);
     for (auto* v : {&R, &c, &gR, &gq, &gc}) v->resize(IO);
     for (auto* v : {&mu, &var, &cd, &w, &L, &gmu, &gvar, &gL, &gw, &gqd}) v->resize(OH);
     for (auto* v : {&x, &A, &S, &cost, &la, &inv, &gA, &gla, &gS}) v->resize(s.O);
@@ -429,7 +429,7 @@ _KERNEL_DRIVER = r'''
 namespace emcaps {
 
 template <typename F>
-void parallel(int64_t n, int nt, F f) {  // problems 0..n-1 handed out one at a time; f(problem, thread)
+void parallel(int64_t n, int nt, F f) {  // tasks 0..n-1 handed out one at a time; f(task, thread)
   std::atomic<int64_t> next(0);
   auto body = [&](int tid) {
     for (int64_t k; (k = next.fetch_add(1)) < n;) f(k, tid);
@@ -468,27 +468,33 @@ void forward(const Args& x, T* mu, T* A, T* st) {
 template <typename T, int HC>
 void backward(const Args& x, const T* st, const T* gmu, const T* gA, T* gV, T* gM, T* gW, T* ga, T* gbv, T* gba) {
   const Shape s{x.I, x.O, x.H, x.P, x.Iw, x.iters};
-  const int64_t IOH = s.I * s.O * s.H, sp = iter_state(s) * s.iters;
+  const int64_t IOH = s.I * s.O * s.H, sp = iter_state(s) * s.iters, nw = s.Iw * s.O * s.H;
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
   const bool fused = x.V == nullptr;
+  // dL/dW is a sum over problems. So that it does not depend on the number of threads or on which thread took
+  // which problem, the problems are cut into at most 64 fixed blocks of consecutive problems; each block sums
+  // into its own buffer, in order, and the blocks are added in order at the end.
+  const int64_t blocks = fused ? std::min<int64_t>(x.n, 64) : x.n;
+  std::vector<T> gWb(fused ? blocks * nw : 0, T(0));
   std::vector<Buffers<T>> bufs(nt);
   for (auto& b : bufs) b.init(s, fused, true);
-  parallel(x.n, nt, [&](int64_t k, int tid) {
+  parallel(blocks, nt, [&](int64_t blk, int tid) {
     Buffers<T>& b = bufs[tid];
-    const T* M = (const T*)x.M + k * s.I * s.H;
-    if (fused) votes_one<T, HC>(s, M, (const T*)x.W, (const T*)x.off, b.V.data());  // recomputed, never stored
-    const T* V = fused ? b.V.data() : (const T*)x.V + k * IOH;
-    T* g = fused ? b.gV.data() : gV + k * IOH;
-    route_backward_one<T, HC>(s, V, (const T*)x.a + k * s.I, (const T*)x.bv + k * s.O, x.lambdas, T(x.eps),
-                              T(x.tiny), st + k * sp, gmu + k * s.O * s.H, gA + k * s.O, g, ga + k * s.I,
-                              gbv + k * s.O, gba + k * s.O, b);
-    if (fused) votes_backward_one<T, HC>(s, M, (const T*)x.W, g, gM + k * s.I * s.H, b.gW.data());
+    for (int64_t k = blk * x.n / blocks; k < (blk + 1) * x.n / blocks; ++k) {
+      const T* M = (const T*)x.M + k * s.I * s.H;
+      if (fused) votes_one<T, HC>(s, M, (const T*)x.W, (const T*)x.off, b.V.data());  // recomputed, never stored
+      const T* V = fused ? b.V.data() : (const T*)x.V + k * IOH;
+      T* g = fused ? b.gV.data() : gV + k * IOH;
+      route_backward_one<T, HC>(s, V, (const T*)x.a + k * s.I, (const T*)x.bv + k * s.O, x.lambdas, T(x.eps),
+                                T(x.tiny), st + k * sp, gmu + k * s.O * s.H, gA + k * s.O, g, ga + k * s.I,
+                                gbv + k * s.O, gba + k * s.O, b);
+      if (fused) votes_backward_one<T, HC>(s, M, (const T*)x.W, g, gM + k * s.I * s.H, gWb.data() + blk * nw);
+    }
   });
-  if (fused) {  // each thread summed its own share of dL/dW
-    const int64_t nw = s.Iw * s.O * s.H;
+  if (fused) {
     std::fill(gW, gW + nw, T(0));
-    for (auto& b : bufs)
-      for (int64_t k = 0; k < nw; ++k) gW[k] += b.gW[k];
+    for (int64_t blk = 0; blk < blocks; ++blk)
+      for (int64_t k = 0; k < nw; ++k) gW[k] += gWb[blk * nw + k];
   }
 }
 
@@ -534,7 +540,8 @@ class _KernelArgs(ctypes.Structure):
 
 def _machine() -> str:
     "What a compiled `-march=native` library depends on besides its source: the CPU and its instruction set."
-    try: flags = next((l for l in open('/proc/cpuinfo') if l.startswith(('flags', 'Features'))), '')
+    try:
+        with open('/proc/cpuinfo') as f: flags = next((l for l in f if l.startswith(('flags', 'Features'))), '')
     except OSError: flags = ''
     return f'{platform.system()} {platform.machine()} {platform.processor()} {flags}'
 
@@ -547,6 +554,12 @@ def _build(cxx: list, flags: list, lib: Path):
         raise RuntimeError(out.stderr.strip()[-800:] or f'{cxx[0]} exited with {out.returncode}')
     os.replace(tmp, lib)
 
+def _load(path: Path) -> ctypes.CDLL | None:
+    "The library at `path` if it exists, loads, and is this version of the kernel."
+    try: lib = ctypes.CDLL(str(path)) if path.exists() else None
+    except OSError: return None
+    return lib if lib is not None and getattr(lib, 'em_abi_version', lambda: None)() == _KERNEL_ABI else None
+
 @functools.cache
 def cpu_kernel() -> ctypes.CDLL | None:
     "The compiled CPU kernel, built on first use and cached on disk; None (with a warning) where it cannot be built."
@@ -558,12 +571,13 @@ def cpu_kernel() -> ctypes.CDLL | None:
         key = hashlib.sha256('\0'.join([CPU_KERNEL_SOURCE, *cxx, *flags, _machine()]).encode()).hexdigest()[:16]
         path = cache / f'em_cpu_{key}.so'
         try:
-            if not path.exists():
+            lib = _load(path)
+            if lib is None:   # not built yet, or a damaged file: (re)build it
                 cache.mkdir(parents=True, exist_ok=True)
                 _build(cxx, flags, path)
-            lib = ctypes.CDLL(str(path))
+                lib = _load(path)
         except (OSError, RuntimeError) as e: error = f'{" ".join(cxx)}: {e}'; continue
-        if lib.em_abi_version() != _KERNEL_ABI: error = f'{path} is not this version of the kernel'; continue
+        if lib is None: error = f'{path} does not load as this version of the kernel'; continue
         lib.em_state_size.restype, lib.em_state_size.argtypes = ctypes.c_int64, [ctypes.c_int64] * 3 + [ctypes.c_int]
         for suffix in ('f32', 'f64'):
             getattr(lib, f'em_forward_{suffix}').argtypes = [ctypes.POINTER(_KernelArgs)] + [ctypes.c_void_p] * 3
