@@ -74,12 +74,12 @@ def test_each_module_comes_from_one_notebook():
 
 
 def test_bench_command_prints_json_lines():
-    "python -m emcaps_nb.bench prints one JSON object per (case, implementation), both measured in the run."
+    "python -m emcaps_nb.bench prints one JSON object per (case, implementation), all measured in the run."
     r = subprocess.run([sys.executable, '-m', 'emcaps_nb.bench', '--case', 'classcaps', '--batch', '2', '--repeats', '1'],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [(row['case'], row['impl']) for row in rows] == [('classcaps', 'literal'), ('classcaps', 'fast')]
+    assert [(row['case'], row['impl']) for row in rows] == [('classcaps', 'literal'), ('classcaps', 'fast-torch'), ('classcaps', 'fast')]
     for row in rows:
         assert set(row) == {'case', 'impl', 'device', 'dtype', 'batch', 'images_per_s', 'peak_mb'}
         assert row['batch'] == 2 and row['images_per_s'] > 0 and row['peak_mb'] > 0
