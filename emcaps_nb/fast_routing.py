@@ -472,9 +472,10 @@ void backward(const Args& x, const T* st, const T* gmu, const T* gA, T* gV, T* g
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
   const bool fused = x.V == nullptr;
   // dL/dW is a sum over problems. So that it does not depend on the number of threads or on which thread took
-  // which problem, the problems are cut into at most 64 fixed blocks of consecutive problems; each block sums
-  // into its own buffer, in order, and the blocks are added in order at the end.
-  const int64_t blocks = fused ? std::min<int64_t>(x.n, 64) : x.n;
+  // which problem, the problems are cut into at most 16 fixed blocks of consecutive problems; each block sums
+  // into its own buffer, in order, and the blocks are added in order at the end. (64 blocks cost 6% of a training
+  // step in zeroing and adding buffers; 16 keep up to 16 threads busy.)
+  const int64_t blocks = fused ? std::min<int64_t>(x.n, 16) : x.n;
   std::vector<T> gWb(fused ? blocks * nw : 0, T(0));
   std::vector<Buffers<T>> bufs(nt);
   for (auto& b : bufs) b.init(s, fused, true);
