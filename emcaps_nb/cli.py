@@ -149,7 +149,11 @@ def _dashes(argv):
 def main(argv: list | None = None) -> int:
     "Entry point of the `emcaps` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
-    usage = f"usage: emcaps {{{','.join(COMMANDS)}}} [options]   (emcaps train --help for the options)"
+    usage = f"usage: emcaps {{{','.join([*COMMANDS, 'bench'])}}} [options]   (emcaps train --help for the options)"
+    if argv[:1] == ['bench']:   # the routing benchmark of notebook 05b, with its own options
+        from emcaps_nb.bench import main as bench
+        bench(argv[1:])
+        return 0
     if not argv or argv[0] not in COMMANDS:
         print(usage, file=sys.stderr if argv[:1] not in (['-h'], ['--help']) else sys.stdout)
         return 0 if argv[:1] in (['-h'], ['--help']) else 2

@@ -85,6 +85,15 @@ def test_bench_command_prints_json_lines():
         assert row['batch'] == 2 and row['images_per_s'] > 0 and row['peak_mb'] > 0
 
 
+def test_emcaps_bench_is_the_benchmark():
+    "`emcaps bench` takes the benchmark's own options and prints its JSON lines."
+    r = subprocess.run([sys.executable, '-m', 'emcaps_nb.cli', 'bench', '--case', 'classcaps', '--impl', 'fast', '--batch', '2', '--repeats', '1'],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    (row,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert (row['case'], row['impl'], row['batch']) == ('classcaps', 'fast', 2) and row['images_per_s'] > 0
+
+
 def test_readme_is_generated_from_the_index_notebook():
     r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'readme.py'), '--check'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
