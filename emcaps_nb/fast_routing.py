@@ -591,6 +591,10 @@ def cpu_kernel() -> ctypes.CDLL | None:
 # %% ../nbs/05a_fast_routing.ipynb #47a59f76
 def _ptr(t: Tensor | None): return None if t is None else t.data_ptr()
 
+def _saves(*ts) -> bool:
+    "Whether the kernel must keep its state for a backward pass: autograd is on and some input requires a gradient."
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
 def _kernel_args(votes, pose, W, offset, a, beta_v, beta_a, lambdas):
     n, I = a.shape
     H = (votes if votes is not None else pose).shape[-1]
@@ -601,13 +605,14 @@ def _kernel_args(votes, pose, W, offset, a, beta_v, beta_a, lambdas):
 class _CpuRouting(torch.autograd.Function):
     "Votes (given, or made from poses and W) and EM routing in the compiled kernel; backward from its saved state."
     @staticmethod
-    def forward(ctx, votes, pose, W, offset, a, beta_v, beta_a, lambdas):
-        # votes (n, I, O, h) or None; pose (n, I, h), W (Iw, O, h), offset (I, h) or None; a (n, I); betas (n, O)
+    def forward(ctx, votes, pose, W, offset, a, beta_v, beta_a, lambdas, save):
+        # votes (n, I, O, h) or None; pose (n, I, h), W (Iw, O, h), offset (I, h) or None; a (n, I); betas (n, O);
+        # save: whether a backward pass can follow (grad mode on and some input requires grad)
         lib, (n, I), O = cpu_kernel(), a.shape, beta_v.shape[1]
         lambdas = torch.tensor(lambdas, dtype=torch.float64)
         args = _kernel_args(votes, pose, W, offset, a, beta_v, beta_a, lambdas)
         mean, act = a.new_empty(n, O, args.H), a.new_empty(n, O)
-        state = a.new_empty(n, lib.em_state_size(I, O, args.H, args.iters)) if any(ctx.needs_input_grad) else None
+        state = a.new_empty(n, lib.em_state_size(I, O, args.H, args.iters)) if save else None
         getattr(lib, 'em_forward_' + _SUFFIX[a.dtype])(ctypes.byref(args), mean.data_ptr(), act.data_ptr(), _ptr(state))
         if state is not None:
             ctx.save_for_backward(votes, pose, W, offset, a, beta_v, beta_a, state)
@@ -626,7 +631,7 @@ class _CpuRouting(torch.autograd.Function):
         getattr(lib, 'em_backward_' + _SUFFIX[a.dtype])(
             ctypes.byref(args), state.data_ptr(), g_mean.data_ptr(), g_act.data_ptr(),
             *map(_ptr, grads), g_a.data_ptr(), g_bv.data_ptr(), g_ba.data_ptr())
-        return *grads, None, g_a, g_bv, g_ba, None
+        return *grads, None, g_a, g_bv, g_ba, None, None
 
 _SUFFIX = {torch.float32: 'f32', torch.float64: 'f64'}
 
@@ -666,7 +671,8 @@ def em_routing_fast(
     bv = beta_v.to(ct).expand(*lead, O).reshape(n, O)
     ba = beta_a.to(ct).expand(*lead, O).reshape(n, O)
     if _backend(backend, votes.device) == 'cpp':
-        mean, a_out = _CpuRouting.apply(v.contiguous(), None, None, None, a.contiguous(), bv.contiguous(), ba.contiguous(), lambdas)
+        mean, a_out = _CpuRouting.apply(v.contiguous(), None, None, None, a.contiguous(), bv.contiguous(), ba.contiguous(), lambdas,
+                                        _saves(votes, a_in, beta_v, beta_a))
         return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
     chunk_mb = CHUNK_MB.get(votes.device.type, 16.0) if chunk_mb is None else chunk_mb
     chunk = max(1, int(chunk_mb * 2**20) // (I * O * H * torch.finfo(ct).bits // 8))
@@ -706,5 +712,6 @@ def vote_and_route(
     expand = lambda t: t.to(ct).expand(*lead, O).reshape(n, O).contiguous()
     mean, a_out = _CpuRouting.apply(None, M, W.to(ct).reshape(Iw, O, H).contiguous(),
                                     None if offset is None else offset.to(ct).contiguous(),
-                                    a_in.to(ct).reshape(n, I).contiguous(), expand(beta_v), expand(beta_a), lambdas)
+                                    a_in.to(ct).reshape(n, I).contiguous(), expand(beta_v), expand(beta_a), lambdas,
+                                    _saves(pose, W, offset, a_in, beta_v, beta_a))
     return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
