@@ -117,6 +117,27 @@ struct Buffers {  // one per thread, reused for every problem it handles
   }
 };
 
+// sum_i w_ij d_ij^h and sum_i w_ij (d_ij^h)^2 with d_ij = v_ij - mu_j: the centred moments the M-step (w = c) and the
+// E-step's backward pass (w = its gradient of q) both need
+template <typename T, int HC>
+void moments(const Shape& s, const T* __restrict V, const T* __restrict mu, const T* __restrict w, T* __restrict wd,
+             T* __restrict wdd) {
+  const int64_t O = s.O, H = HC ? HC : s.H;
+  std::fill(wd, wd + O * H, T(0));
+  std::fill(wdd, wdd + O * H, T(0));
+  for (int64_t i = 0; i < s.I; ++i)
+    for (int64_t j = 0; j < O; ++j) {
+      const T wij = w[i * O + j];
+      const T *v = V + (i * O + j) * H, *m = mu + j * H;
+      T *p1 = wd + j * H, *p2 = wdd + j * H;
+      for (int64_t h = 0; h < H; ++h) {
+        const T d = v[h] - m[h], wdh = wij * d;
+        p1[h] += wdh;
+        p2[h] += wdh * d;
+      }
+    }
+}
+
 template <typename T> inline T sigmoid(T z) {
   if (z >= 0) return T(1) / (T(1) + std::exp(-z));
   const T e = std::exp(z);
@@ -215,19 +236,7 @@ void route_one(const Shape& s, const T* __restrict V, const T* __restrict a, con
       }
     // (sigma_j^h)^2 = sum_i c_ij (v_ij^h - mu_j^h)^2, centred; and sum_i c_ij (v_ij^h - mu_j^h), which is 0 up to
     // rounding and is kept because the backward pass needs its rounded value
-    std::fill(var, var + O * H, T(0));
-    std::fill(cd, cd + O * H, T(0));
-    for (int64_t i = 0; i < I; ++i)
-      for (int64_t j = 0; j < O; ++j) {
-        const T cij = c[i * O + j];
-        const T *v = V + (i * O + j) * H, *m = mu + j * H;
-        T *q = var + j * H, *e = cd + j * H;
-        for (int64_t h = 0; h < H; ++h) {
-          const T d = v[h] - m[h], cdh = cij * d;
-          e[h] += cdh;
-          q[h] += cdh * d;
-        }
-      }
+    moments<T, HC>(s, V, mu, c, cd, var);
     // cost_j = S_j sum_h (beta_v + ln sigma_j^h);  a_j = sigmoid(lambda (beta_a + (mean cost - cost_j) / std cost))
     T cm = 0;
     for (int64_t j = 0; j < O; ++j) {
@@ -365,19 +374,7 @@ void route_backward_one(const Shape& s, const T* __restrict V, const T* __restri
       for (int64_t j = 0; j < O; ++j) c[i * O + j] = R[i * O + j] * a[i] * inv[j];
     if (estep) {
       // q_ij = sum_h w_jh d_ijh^2, w = 1 / 2 (var + eps):  gw_jh = sum_i gq_ij d^2,  sum_i gD^E = 2 w sum_i gq_ij d
-      std::fill(gw, gw + O * H, T(0));
-      std::fill(gqd, gqd + O * H, T(0));
-      for (int64_t i = 0; i < I; ++i)
-        for (int64_t j = 0; j < O; ++j) {
-          const T g = gq[i * O + j];
-          const T *v = V + (i * O + j) * H, *m = mu + j * H;
-          T *pw = gw + j * H, *pd = gqd + j * H;
-          for (int64_t h = 0; h < H; ++h) {
-            const T d = v[h] - m[h];
-            pd[h] += g * d;
-            pw[h] += g * d * d;
-          }
-        }
+      moments<T, HC>(s, V, mu, gq, gqd, gw);
       for (int64_t k = 0; k < O * H; ++k) {
         const T ve = var[k] + eps;
         gvar[k] -= gw[k] * T(0.5) / (ve * ve);
