@@ -460,9 +460,13 @@ def train(
     return TrainResult(net, history, steps, out, test, stopped=False)
 
 # %% ../nbs/07_training.ipynb #a19be5b3
-def load_model(path, map_location='cpu', iterations: int | None = None) -> tuple[nn.Module, TrainConfig]:
+def load_model(
+    path,                             # a checkpoint file, or a checkpoint already read by `load_checkpoint`
+    map_location='cpu',
+    iterations: int | None = None,    # EM routing iterations (default: as trained)
+) -> tuple[nn.Module, TrainConfig]:
     "The trained model of a checkpoint (optionally with another number of routing iterations) and its config."
-    state = load_checkpoint(path, map_location)
+    state = path if isinstance(path, dict) else load_checkpoint(path, map_location)
     cfg = TrainConfig.from_dict(state['config'])
     net = build_model(cfg.model, state['in_channels'], state['num_classes'], iterations or cfg.iterations, cfg.inverse_temperature,
                       image_size=state['image_size'])
