@@ -14,7 +14,8 @@ from torch.utils.data import Subset
 
 from .analysis import PoseDecoder, adversarial_accuracy, class_routing_trace, fit_pose_decoder
 from .data import get_dataset
-from .training import evaluate, load_checkpoint, load_model
+from .cli import eval_checkpoint
+from .training import load_checkpoint, load_model
 
 # %% ../nbs/08_results.ipynb #b0e996f2
 def _jsonl(path: pathlib.Path) -> list:
@@ -63,16 +64,8 @@ CNN_RUN = 'fashion-mnist-cnn-small-1ep'       # the CNN they compare it with (ad
 
 # %% ../nbs/08_results.ipynb #18723cc4
 def iteration_evals(capsule_ckpt, iterations: tuple = (1, 2, 3), n: int | None = None, device: str = 'cpu') -> list:
-    "Test accuracy of one trained capsule network run with each routing iteration count, on its first `n` test images (all by default)."
-    state, rows = load_checkpoint(capsule_ckpt, device), []
-    for its in iterations:
-        net, cfg = load_model(state, device, iterations=its)
-        ds = get_dataset(cfg.dataset, train=False, root=cfg.root)
-        if n is not None: ds = Subset(ds, range(min(n, len(ds))))
-        r = evaluate(net, ds, state['num_classes'], device=device)
-        rows.append({'checkpoint': str(capsule_ckpt), 'dataset': cfg.dataset, 'model': cfg.model, 'iterations': its,
-                     'accuracy': r['accuracy'], 'images': r['images'], 'confusion': r['confusion'].tolist()})
-    return rows
+    "`emcaps eval` of one trained capsule network with each routing iteration count, on its first `n` test images (all by default)."
+    return [eval_checkpoint(capsule_ckpt, iterations=its, device=device, limit=n) for its in iterations]
 
 
 # %% ../nbs/08_results.ipynb #e711e5c4
