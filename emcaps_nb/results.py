@@ -126,7 +126,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     root = pathlib.Path(args.results)
     capsule, cnn = root / 'training' / args.capsule / 'last.pt', root / 'training' / args.cnn / 'last.pt'
-    for ckpt in (capsule, cnn):
+    for ckpt in (capsule, cnn) if args.what == 'adversarial' else (capsule,):   # only the checkpoints this subcommand reads
         if not ckpt.exists(): p.error(f"{ckpt} is missing: run from the repository root, or pass --results, --capsule or --cnn")
     if args.what == 'adversarial':
         res = adversarial_curves(capsule, cnn, n=args.n or 300, device=args.device)
