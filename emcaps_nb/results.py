@@ -124,6 +124,7 @@ def main(argv=None):
     p.add_argument('--cnn', default=CNN_RUN, help=f'the CNN run it is compared with (default {CNN_RUN})')
     p.add_argument('--device', default='cpu')
     args = p.parse_args(argv)
+    if args.n is not None and args.n < 1: p.error(f'--n must be a positive number of images, not {args.n}')
     root = pathlib.Path(args.results)
     capsule, cnn = root / 'training' / args.capsule / 'last.pt', root / 'training' / args.cnn / 'last.pt'
     for ckpt in (capsule, cnn) if args.what == 'adversarial' else (capsule,):   # only the checkpoints this subcommand reads
