@@ -8,6 +8,7 @@ __all__ = ['COMMANDS', 'train_cmd', 'eval_checkpoint', 'eval_cmd', 'parser', 'ma
 # %% ../nbs/07a_cli.ipynb #a2c901e9
 import json, pathlib, sys
 
+from fastcore.meta import delegates
 from fastcore.script import anno_parser
 
 from .data import DatasetNotFoundError
@@ -113,21 +114,15 @@ def eval_checkpoint(
     return {'checkpoint': str(checkpoint), 'dataset': name, 'model': cfg.model, 'views': views, 'iterations': (iterations or cfg.iterations) if capsules else None,
             'accuracy': r['accuracy'], 'images': r['images'], 'confusion': r['confusion'].tolist()}
 
+@delegates(eval_checkpoint, but='checkpoint')
 def eval_cmd(
     checkpoint: str = None,     # a last.pt written by emcaps train (required)
-    dataset: str = None,        # dataset to test on (default: the one it was trained on)
-    iterations: int = None,     # EM routing iterations (default: as trained)
-    device: str = 'auto',       # auto, cpu, cuda, mps
-    batch_size: int = 200,
-    root: str = None,           # folder of downloaded or official dataset files (default: as trained)
-    download: bool = False,     # download the dataset if it is missing
-    limit: int = None,          # test on the first N images only
     json_out: bool = False,     # print one JSON object instead of a table
-    views: str = None,          # smallnorb/toynorb: test on a viewpoint subset (default: as trained), e.g. azimuth-novel
+    **kwargs,                   # the options of `eval_checkpoint`
 ) -> dict:
     "Evaluate a checkpoint: test accuracy and confusion matrix (rows: true class, columns: predicted)."
     if checkpoint is None: raise ValueError("--checkpoint is required: the last.pt of a run")
-    result = eval_checkpoint(checkpoint, dataset, iterations, device, batch_size, root, download, limit, views)
+    result = eval_checkpoint(checkpoint, **kwargs)
     if json_out: print(json.dumps(result))
     else:
         its = f" ({result['iterations']} routing iterations)" if result['iterations'] else ''
