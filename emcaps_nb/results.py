@@ -12,7 +12,7 @@ import argparse, json, pathlib
 import torch
 from torch.utils.data import Subset
 
-from .analysis import PoseDecoder, adversarial_accuracy, class_routing_trace, fit_pose_decoder
+from .analysis import ATTACK_LOSSES, PoseDecoder, adversarial_accuracy, class_routing_trace, fit_pose_decoder
 from .data import get_dataset
 from .cli import eval_checkpoint
 from .training import load_checkpoint, load_model
@@ -58,8 +58,8 @@ PUBLISHED = [  # (source, model, dataset, test accuracy %)
 ]
 
 # %% ../nbs/08_results.ipynb #baf8833c
-CAPSULE_RUN = 'fashion-mnist-small-h100'      # the capsule run under results/training whose model the analyses use
-CNN_RUN = 'fashion-mnist-cnn-small-1ep'       # the CNN they compare it with (adversarial robustness)
+CAPSULE_RUN = 'fashion-mnist-small-cpu'       # the capsule run under results/training whose model the analyses use
+CNN_RUN = 'fashion-mnist-cnn-small'           # the CNN they compare it with (adversarial robustness)
 
 
 # %% ../nbs/08_results.ipynb #18723cc4
@@ -85,15 +85,17 @@ def distance_histograms(net, images, bins: int = 40, max_distance: float | None 
 EPSILONS = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2]
 
 def adversarial_curves(capsule_ckpt, cnn_ckpt, n: int = 300, epsilons: list = EPSILONS, bim_steps: int = 10,
-                       device: str = 'cpu') -> dict:
-    "FGSM and BIM accuracy against epsilon for a capsule network and a CNN on the first `n` test images."
-    out = {'n': n, 'epsilons': list(epsilons), 'bim_steps': bim_steps, 'models': {}}
+                       device: str = 'cpu', losses: tuple = ATTACK_LOSSES) -> dict:
+    "FGSM and BIM accuracy against epsilon, climbing each loss of `losses`, for a capsule network and a CNN on the first `n` test images."
+    out = {'n': n, 'epsilons': list(epsilons), 'bim_steps': bim_steps, 'losses': list(losses), 'models': {}}
     for ckpt in (capsule_ckpt, cnn_ckpt):
         net, cfg = load_model(ckpt, device)
         ds = Subset(get_dataset(cfg.dataset, train=False), range(n))
-        out['models'][cfg.model] = {'checkpoint': str(ckpt),
-            'fgsm': adversarial_accuracy(net, ds, epsilons, 'fgsm', device=device),
-            'bim': adversarial_accuracy(net, ds, epsilons, 'bim', device=device, steps=bim_steps)}
+        m = out['models'][cfg.model] = {'checkpoint': str(ckpt)}
+        for loss in losses:                              # keys fgsm, bim (training loss), fgsm_margin, bim_margin
+            key = '' if loss == 'train' else f'_{loss}'
+            m['fgsm' + key] = adversarial_accuracy(net, ds, epsilons, 'fgsm', device=device, loss=loss)
+            m['bim' + key] = adversarial_accuracy(net, ds, epsilons, 'bim', device=device, steps=bim_steps, loss=loss)
     return out
 
 # %% ../nbs/08_results.ipynb #ed04b052
