@@ -10,22 +10,30 @@ import torch
 from torch import Tensor
 
 # %% ../nbs/04_coord_addition.ipynb #8aad60ab
+def _check_entries(entries, h):
+    if len(entries) != 2 or len(set(entries)) != 2 or not all(isinstance(e, int) and 0 <= e < h for e in entries):
+        raise ValueError(f"coordinate entries must be two different pose entries in [0, {h}), got {tuple(entries)}")
+
 def coord_offsets(
     H: int, W: int,              # the capsule grid
     entries: int = 16,           # pose entries h of a vote (>= 2)
     dtype: torch.dtype | None = None, device: torch.device | None = None,
-) -> Tensor:                     # (H, W, entries): (row + 0.5)/H in entry 0, (col + 0.5)/W in entry 1, zeros elsewhere
+    coord_entries: tuple = (0, 1), # where the row and the column offset go: (0, 1) the article's, (3, 7) the paper's
+) -> Tensor:                     # (H, W, entries): (row + 0.5)/H and (col + 0.5)/W in coord_entries, zeros elsewhere
     "What coordinate addition adds to every vote of the capsule at each grid position."
+    _check_entries(coord_entries, entries)
+    row, col = coord_entries
     offset = torch.zeros(H, W, entries, dtype=dtype, device=device)
-    offset[..., 0] = ((torch.arange(H, dtype=offset.dtype, device=device) + 0.5) / H)[:, None]
-    offset[..., 1] = ((torch.arange(W, dtype=offset.dtype, device=device) + 0.5) / W)[None, :]
+    offset[..., row] = ((torch.arange(H, dtype=offset.dtype, device=device) + 0.5) / H)[:, None]
+    offset[..., col] = ((torch.arange(W, dtype=offset.dtype, device=device) + 0.5) / W)[None, :]
     return offset
 
 def coord_addition(
     votes: Tensor, # votes, shape (N, H, W, I, O, h) with h >= 2, e.g. (N, 4, 4, 32, 10, 16)
-) -> Tensor:       # votes with (row + 0.5)/H added to entry 0 and (col + 0.5)/W to entry 1, same shape
-    "Add each capsule's scaled (row, column) coordinates to the first two entries of its votes."
+    entries: tuple = (0, 1), # the entries that get the row and the column offset: (0, 1) the article's, (3, 7) the paper's
+) -> Tensor:       # votes with (row + 0.5)/H added to entries[0] and (col + 0.5)/W to entries[1], same shape
+    "Add each capsule's scaled (row, column) coordinates to two entries of its votes."
     if votes.ndim != 6 or votes.shape[-1] < 2:
         raise ValueError(f"coord_addition expects votes shaped (N, H, W, I, O, h) with h >= 2, got {tuple(votes.shape)}")
-    offset = coord_offsets(*votes.shape[1:3], votes.shape[-1], votes.dtype, votes.device)   # (h, w, entries)
+    offset = coord_offsets(*votes.shape[1:3], votes.shape[-1], votes.dtype, votes.device, entries)   # (h, w, entries)
     return votes + offset[:, :, None, None, :]

@@ -91,3 +91,34 @@ def test_switched_off_by_environment(env, tmp_path):
     got = _probe(env, tmp_path)
     assert got == {'backend': 'torch', 'warnings': [], 'diff': got['diff'], 'cpp_error': got['cpp_error']}
     assert got['diff'] < 1e-10 and got['cpp_error']
+
+
+def test_extra_flags_build_their_own_library(env, tmp_path):
+    "EMCAPS_NB_CXXFLAGS adds flags (a debug build here): a library of its own in the cache, the same results."
+    _probe(env, tmp_path)
+    env['EMCAPS_NB_CXXFLAGS'] = '-g -O1 -DEMCAPS_DEBUG_BUILD'
+    got = _probe(env, tmp_path)
+    assert got['backend'] == 'cpp' and got['diff'] < 1e-10 and not got['warnings']
+    assert len([f for f in (tmp_path / 'cache').iterdir() if f.suffix == '.so']) == 2
+
+
+def test_a_compiler_error_is_shown_in_full(env, tmp_path):
+    "A flag the compiler rejects: the warning carries the command and the compiler's whole message."
+    env['EMCAPS_NB_CXXFLAGS'] = '-fno-such-option-for-emcaps'
+    got = _probe(env, tmp_path)
+    assert got['backend'] == 'torch' and len(got['warnings']) == 1
+    msg = got['warnings'][0]
+    assert 'em_cpu.cpp' in msg and 'exited with 1' in msg and '-fno-such-option-for-emcaps' in msg.split('exited with')[-1], msg
+
+
+def test_the_wheel_ships_the_kernel_sources(tmp_path):
+    "The C++ sources are package data: a wheel built from the repository holds every one of them."
+    import pathlib, zipfile
+    from emcaps_nb.fast_routing import KERNEL_FILES
+    root = pathlib.Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(tmp_path), str(root)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = tmp_path.glob('*.whl')
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f'emcaps_nb/csrc/{f}' for f in KERNEL_FILES} <= names, sorted(n for n in names if 'csrc' in n)

@@ -1,0 +1,29 @@
+// emcaps_nb CPU kernel: what Python passes, defined once. fast_routing.py builds its ctypes mirror of Args from this
+// file and, at load, checks it against em_args_layout() of the compiled library; both check EMCAPS_ABI.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#define EMCAPS_ABI 3
+
+namespace emcaps {
+
+enum Cost { COST_ARTICLE = 0, COST_PAPER = 1 };  // which activation cost the M-step computes
+
+struct Args {  // V == nullptr means: votes from M, W and off (fused)
+  const void *V, *M, *W, *off, *a, *bv, *ba;
+  const double* lambdas;
+  int64_t n, I, O, H, P, Iw;
+  int iters, nthreads, cost;
+  double eps, tiny, cost_scale;
+};
+
+}  // namespace emcaps
+
+#define EMCAPS_ARGS_OFFSETS                                                                                          \
+  offsetof(Args, V), offsetof(Args, M), offsetof(Args, W), offsetof(Args, off), offsetof(Args, a),                   \
+      offsetof(Args, bv), offsetof(Args, ba), offsetof(Args, lambdas), offsetof(Args, n), offsetof(Args, I),         \
+      offsetof(Args, O), offsetof(Args, H), offsetof(Args, P), offsetof(Args, Iw), offsetof(Args, iters),            \
+      offsetof(Args, nthreads), offsetof(Args, cost), offsetof(Args, eps), offsetof(Args, tiny),                     \
+      offsetof(Args, cost_scale)

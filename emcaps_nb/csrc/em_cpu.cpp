@@ -1,0 +1,104 @@
+// emcaps_nb CPU kernel: votes v_ij = M_i W_ij (+ coordinate offsets), EM routing (Procedure 1 of the article, with
+// the article's or the paper's activation cost) and the backward pass of both. Built by fast_routing.cpu_kernel().
+#include "em_args.h"
+#include "em_common.h"
+#include "em_votes.h"
+#include "em_route.h"
+#include "em_backward.h"
+namespace emcaps {
+
+template <typename F>
+void parallel(int64_t n, int nt, F f) {  // tasks 0..n-1 handed out one at a time; f(task, thread)
+  std::atomic<int64_t> next(0);
+  auto body = [&](int tid) {
+    for (int64_t k; (k = next.fetch_add(1)) < n;) f(k, tid);
+  };
+  std::vector<std::thread> pool;
+  for (int tid = 1; tid < nt; ++tid) pool.emplace_back(body, tid);
+  body(0);
+  for (auto& th : pool) th.join();
+}
+
+template <typename T, int HC>
+void forward(const Args& x, T* mu, T* A, T* st) {
+  const Shape s{x.I, x.O, x.H, x.P, x.Iw, x.iters, x.cost, x.cost_scale};
+  const int64_t IOH = s.I * s.O * s.H, sp = iter_state(s) * s.iters;
+  const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
+  const bool fused = x.V == nullptr;
+  std::vector<Buffers<T>> bufs(nt);
+  for (auto& b : bufs) b.init(s, fused, false);
+  parallel(x.n, nt, [&](int64_t k, int tid) {
+    Buffers<T>& b = bufs[tid];
+    const T* V = fused ? b.V.data() : (const T*)x.V + k * IOH;
+    if (fused) votes_one<T, HC>(s, (const T*)x.M + k * s.I * s.H, (const T*)x.W, (const T*)x.off, b.V.data());
+    route_one<T, HC>(s, V, (const T*)x.a + k * s.I, (const T*)x.bv + k * s.O, (const T*)x.ba + k * s.O, x.lambdas,
+                     T(x.eps), T(x.tiny), mu + k * s.O * s.H, A + k * s.O, st ? st + k * sp : nullptr, b);
+  });
+}
+
+template <typename T, int HC>
+void backward(const Args& x, const T* st, const T* gmu, const T* gA, T* gV, T* gM, T* gW, T* ga, T* gbv, T* gba) {
+  const Shape s{x.I, x.O, x.H, x.P, x.Iw, x.iters, x.cost, x.cost_scale};
+  const int64_t IOH = s.I * s.O * s.H, sp = iter_state(s) * s.iters, nw = s.Iw * s.O * s.H;
+  const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
+  const bool fused = x.V == nullptr;
+  // dL/dW is a sum over problems. So that it does not depend on the number of threads or on which thread took
+  // which problem, the problems are cut into at most 16 fixed blocks of consecutive problems; each block sums
+  // into its own buffer, in order, and the blocks are added in order at the end. (64 blocks cost 6% of a training
+  // step in zeroing and adding buffers; 16 keep up to 16 threads busy.)
+  const int64_t blocks = fused ? std::min<int64_t>(x.n, 16) : x.n;
+  std::vector<T> gWb(fused ? blocks * nw : 0, T(0));
+  std::vector<Buffers<T>> bufs(nt);
+  for (auto& b : bufs) b.init(s, fused, true);
+  parallel(blocks, nt, [&](int64_t blk, int tid) {
+    Buffers<T>& b = bufs[tid];
+    for (int64_t k = blk * x.n / blocks; k < (blk + 1) * x.n / blocks; ++k) {
+      const T* M = (const T*)x.M + k * s.I * s.H;
+      if (fused) votes_one<T, HC>(s, M, (const T*)x.W, (const T*)x.off, b.V.data());  // recomputed, never stored
+      const T* V = fused ? b.V.data() : (const T*)x.V + k * IOH;
+      T* g = fused ? b.gV.data() : gV + k * IOH;
+      route_backward_one<T, HC>(s, V, (const T*)x.a + k * s.I, (const T*)x.bv + k * s.O, x.lambdas, T(x.eps),
+                                T(x.tiny), st + k * sp, gmu + k * s.O * s.H, gA + k * s.O, g, ga + k * s.I,
+                                gbv + k * s.O, gba + k * s.O, b);
+      if (fused) votes_backward_one<T, HC>(s, M, (const T*)x.W, g, gM + k * s.I * s.H, gWb.data() + blk * nw);
+    }
+  });
+  if (fused) {
+    std::fill(gW, gW + nw, T(0));
+    for (int64_t blk = 0; blk < blocks; ++blk)
+      for (int64_t k = 0; k < nw; ++k) gW[k] += gWb[blk * nw + k];
+  }
+}
+
+template <typename T>
+void forward_any(const Args& x, T* mu, T* A, T* st) {
+  (x.H == 16 && x.P == 4) ? forward<T, 16>(x, mu, A, st) : forward<T, 0>(x, mu, A, st);
+}
+template <typename T>
+void backward_any(const Args& x, const T* st, const T* gmu, const T* gA, T* gV, T* gM, T* gW, T* ga, T* gbv, T* gba) {
+  (x.H == 16 && x.P == 4) ? backward<T, 16>(x, st, gmu, gA, gV, gM, gW, ga, gbv, gba)
+                          : backward<T, 0>(x, st, gmu, gA, gV, gM, gW, ga, gbv, gba);
+}
+
+}  // namespace emcaps
+
+extern "C" {
+using namespace emcaps;
+int em_abi_version() { return EMCAPS_ABI; }
+// sizeof(Args) and the offset of each of its fields, in declaration order: Python checks its ctypes mirror against them
+int64_t em_args_layout(int64_t k) {
+  static const int64_t layout[] = {sizeof(Args), EMCAPS_ARGS_OFFSETS};
+  return k < (int64_t)(sizeof(layout) / sizeof(layout[0])) ? layout[k] : -1;
+}
+int64_t em_state_size(int64_t I, int64_t O, int64_t H, int iters) {
+  return iter_state(Shape{I, O, H, 0, 1, iters, COST_ARTICLE, 1.0}) * iters;
+}
+#define EM_EXPORT(T, sfx)                                                                                         \
+  void em_forward_##sfx(const Args* x, T* mu, T* A, T* st) { forward_any<T>(*x, mu, A, st); }                     \
+  void em_backward_##sfx(const Args* x, const T* st, const T* gmu, const T* gA, T* gV, T* gM, T* gW, T* ga,       \
+                         T* gbv, T* gba) {                                                                        \
+    backward_any<T>(*x, st, gmu, gA, gV, gM, gW, ga, gbv, gba);                                                   \
+  }
+EM_EXPORT(float, f32)
+EM_EXPORT(double, f64)
+}
