@@ -3,7 +3,7 @@ __version__ = "0.0.1"
 from .gaussian_em import GaussianMixture, GMMFit, gaussian_log_density, gmm_e_step, gmm_m_step, fit_gmm
 from .votes import kernel_tile, mat_transform
 from .mstep import COSTS, m_step
-from .routing import e_step, em_routing, em_routing_steps, inverse_temperature_schedule, paper_schedule, RoutingStep
+from .routing import e_step, e_step_logits, em_routing, em_routing_steps, inverse_temperature_schedule, paper_schedule, RoutingStep
 from .fast_routing import BACKENDS, CHUNK_MB, cpu_kernel, em_routing_fast, vote_and_route
 from .explorer import VoteProblem, vote_clusters, explore_routing, plot_routing, routing_explorer
 from .coordinates import coord_addition, coord_offsets

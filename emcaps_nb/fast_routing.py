@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .mstep import EPS, TINY, _check_betas, routing_dtype
-from .routing import Schedule, _check_routing, inverse_temperature_schedule
+from .routing import Schedule, _check_routing, child_softmax, inverse_temperature_schedule, spatial_em_routing
 from .votes import mat_transform
 
 # %% ../nbs/05a_fast_routing.ipynb #8b3e0210
@@ -168,6 +168,8 @@ def cpu_kernel() -> ctypes.CDLL | None:
         for suffix in ('f32', 'f64'):
             getattr(lib, f'em_forward_{suffix}').argtypes = [ctypes.POINTER(_KernelArgs)] + [ctypes.c_void_p] * 3
             getattr(lib, f'em_backward_{suffix}').argtypes = [ctypes.POINTER(_KernelArgs)] + [ctypes.c_void_p] * 9
+            getattr(lib, f'em_step_forward_{suffix}').argtypes = [ctypes.POINTER(_KernelArgs)] + [ctypes.c_void_p] * 5
+            getattr(lib, f'em_step_backward_{suffix}').argtypes = [ctypes.POINTER(_KernelArgs)] + [ctypes.c_void_p] * 11
         return lib
     warnings.warn(f'emcaps_nb: the CPU routing kernel could not be built, so routing on the CPU falls back to '
                   f'PyTorch (same results, about 5x slower). {error}')
@@ -220,6 +222,39 @@ class _CpuRouting(torch.autograd.Function):
 
 _SUFFIX = {torch.float32: 'f32', torch.float64: 'f64'}
 _COSTS = {'article': 0, 'paper': 1}   # the kernel's enum Cost (em_args.h)
+
+# %% ../nbs/05a_fast_routing.ipynb #490453d9
+class _CpuStep(torch.autograd.Function):
+    "One EM iteration in the kernel from given assignments: mu, a and (if estep) the E-step's logits; backward from its state."
+    @staticmethod
+    def forward(ctx, pose, W, a, beta_v, beta_a, rr, lam, estep, save, cost, cost_scale):
+        # pose (n, I, h), W (Iw, O, h), a (n, I), betas (n, O), rr (n, I, O): contiguous, routing dtype
+        lib, (n, I), O = cpu_kernel(), a.shape, beta_v.shape[1]
+        lambdas = torch.tensor([lam], dtype=torch.float64)
+        args = _kernel_args(None, pose, W, None, a, beta_v, beta_a, lambdas, cost, cost_scale)
+        mean, act, x = a.new_empty(n, O, args.H), a.new_empty(n, O), a.new_empty(n, I, O) if estep else a.new_empty(0)
+        state = a.new_empty(n, lib.em_state_size(I, O, args.H, 1)) if save else None
+        getattr(lib, 'em_step_forward_' + _SUFFIX[a.dtype])(ctypes.byref(args), rr.data_ptr(), mean.data_ptr(), act.data_ptr(),
+                                                           x.data_ptr() if estep else None, _ptr(state))
+        if not estep: ctx.mark_non_differentiable(x)
+        if state is not None:
+            ctx.save_for_backward(pose, W, a, beta_v, beta_a, state)
+            ctx.lambdas, ctx.cost, ctx.estep = lambdas, (cost, cost_scale), estep
+        return mean, act, x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_mean, g_act, g_x):
+        pose, W, a, beta_v, beta_a, state = ctx.saved_tensors
+        g_mean, g_act = g_mean.contiguous(), g_act.contiguous()
+        g_x = g_x.contiguous() if ctx.estep else None
+        args = _kernel_args(None, pose, W, None, a, beta_v, beta_a, ctx.lambdas, *ctx.cost)
+        g_pose, g_W, g_a, g_bv, g_ba = (torch.empty_like(t) for t in (pose, W, a, beta_v, beta_a))
+        g_rr = a.new_empty(*a.shape, beta_v.shape[1])
+        getattr(cpu_kernel(), 'em_step_backward_' + _SUFFIX[a.dtype])(
+            ctypes.byref(args), state.data_ptr(), g_mean.data_ptr(), g_act.data_ptr(), _ptr(g_x), None,
+            g_pose.data_ptr(), g_W.data_ptr(), g_a.data_ptr(), g_bv.data_ptr(), g_ba.data_ptr(), g_rr.data_ptr())
+        return g_pose, g_W, g_a, g_bv, g_ba, g_rr, None, None, None, None, None
 
 # %% ../nbs/05a_fast_routing.ipynb #a938bb70
 BACKENDS = ('auto', 'cpp', 'torch')
@@ -281,6 +316,7 @@ def vote_and_route(
     backend: str = 'auto',   # as in em_routing_fast
     cost: str = 'article',   # the M-step's activation cost: 'article' or 'paper' (notebook 02)
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
+    children: Tensor | None = None, # (OH, OW, I) long for pose (N, OH, OW, I, P, P): children shared by overlapping parents (spatial_em_routing)
 ) -> tuple[Tensor, Tensor]:  # pose (..., O, P*P) and activation a_out (..., O)
     "Votes v_ij = M_i W_ij (+ offset_i) and EM routing; on the CPU the votes are never stored."
     if W.ndim != 4 or W.shape[-1] != W.shape[-2]: raise ValueError(f"W must have shape (I_W, O, P, P), got {tuple(W.shape)}")
@@ -290,6 +326,11 @@ def vote_and_route(
     lead, I, H = pose.shape[:-3], pose.shape[-3], P * P
     if offset is not None and offset.shape != (I, H):
         raise ValueError(f"offset must have shape (I, P*P) = {(I, H)}, got {tuple(offset.shape)}")
+    if children is not None:
+        if len(lead) != 3 or children.shape != (*lead[1:], I) or offset is not None:
+            raise ValueError(f"children needs pose shaped (N, OH, OW, I, P, P), children (OH, OW, I) and no offset; "
+                             f"got pose {tuple(pose.shape)}, children {tuple(children.shape)}")
+        return _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale)
     if _backend(backend, pose.device) == 'torch':
         votes = mat_transform(pose.unflatten(-3, (I // Iw, Iw)), W).flatten(-4, -3)   # (..., I, O, h)
         if offset is not None: votes = votes + offset[:, None, :]
@@ -305,3 +346,28 @@ def vote_and_route(
                                     a_in.to(ct).reshape(n, I).contiguous(), expand(beta_v), expand(beta_a), lambdas,
                                     _saves(pose, W, offset, a_in, beta_v, beta_a), cost, float(cost_scale))
     return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
+
+# %% ../nbs/05a_fast_routing.ipynb #b8dec007
+def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale):
+    "vote_and_route with children shared by overlapping parents: the kernel one iteration at a time, or spatial_em_routing."
+    (N, OH, OW, I), (Iw, O, P, _) = pose.shape[:4], W.shape
+    if _backend(backend, pose.device) == 'torch':
+        votes = mat_transform(pose.unflatten(-3, (I // Iw, Iw)), W).flatten(-4, -3)   # (N, OH, OW, I, O, h)
+        return spatial_em_routing(votes, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale)
+    lambdas = _check_routing(torch.empty(N, OH, OW, I, O, P * P, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
+    if children.dtype != torch.long: raise ValueError(f"children must be a long tensor, got {children.dtype}")
+    dtype = torch.promote_types(pose.dtype, W.dtype)
+    ct = routing_dtype(torch.empty(0, dtype=dtype))
+    n = N * OH * OW
+    M, Wc = pose.to(ct).reshape(n, I, P * P).contiguous(), W.to(ct).reshape(Iw, O, P * P).contiguous()
+    a = a_in.to(ct).reshape(n, I).contiguous()
+    bv, ba = (t.to(ct).expand(N, OH, OW, O).reshape(n, O).contiguous() for t in (beta_v, beta_a))
+    n_children = int(children.max()) + 1
+    windows = torch.bincount(children.flatten(), minlength=n_children)
+    rr = (1.0 / (O * windows[children].to(ct)))[..., None].expand(N, OH, OW, I, O).reshape(n, I, O).contiguous()
+    save = _saves(pose, W, a_in, beta_v, beta_a)
+    for t, lam in enumerate(lambdas):
+        estep = t < len(lambdas) - 1
+        mean, act, x = _CpuStep.apply(M, Wc, a, bv, ba, rr, float(lam), estep, save, cost, float(cost_scale))
+        if estep: rr = child_softmax(x.view(N, OH, OW, I, O), children, n_children).reshape(n, I, O).contiguous()
+    return mean.reshape(N, OH, OW, O, P * P).to(dtype), act.reshape(N, OH, OW, O).to(dtype)

@@ -5,7 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#define EMCAPS_ABI 3
+#define EMCAPS_ABI 4
 
 namespace emcaps {
 

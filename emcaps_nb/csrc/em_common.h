@@ -28,13 +28,13 @@ inline int64_t iter_state(const Shape& s) { return s.I * s.O + 3 * s.O * s.H + 3
 
 template <typename T>
 struct Buffers {  // one per thread, reused for every problem it handles
-  std::vector<T> V, gV, R, c, gR, gq, gc, x, mu, var, cd, w, L, A, S, cost, la, inv, gmu, gvar, gL, gw, gqd, gA, gla,
+  std::vector<T> V, gV, R, X, gX, c, gR, gq, gc, x, mu, var, cd, w, L, A, S, cost, la, inv, gmu, gvar, gL, gw, gqd, gA, gla,
       gS;
   void init(const Shape& s, bool fused, bool backward) {
     const int64_t IO = s.I * s.O, OH = s.O * s.H;
     if (fused) V.resize(IO * s.H);
     if (fused && backward) gV.resize(IO * s.H);
-    for (auto* v : {&R, &c, &gR, &gq, &gc}) v->resize(IO);
+    for (auto* v : {&R, &X, &gX, &c, &gR, &gq, &gc}) v->resize(IO);
     for (auto* v : {&mu, &var, &cd, &w, &L, &gmu, &gvar, &gL, &gw, &gqd}) v->resize(OH);
     for (auto* v : {&x, &A, &S, &cost, &la, &inv, &gA, &gla, &gS}) v->resize(s.O);
   }

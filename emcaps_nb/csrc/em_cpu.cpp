@@ -70,6 +70,68 @@ void backward(const Args& x, const T* st, const T* gmu, const T* gA, T* gV, T* g
   }
 }
 
+// One iteration of routing problems whose assignments are normalised outside (children shared by overlapping parents,
+// notebook 05): R (n x I x O) in; mu, A and, if X is given, the E-step's logits X out; st the iteration's state.
+template <typename T, int HC>
+void step_forward(const Args& x, const T* R, T* mu, T* A, T* X, T* st) {
+  const Shape s{x.I, x.O, x.H, x.P, x.Iw, 1, x.cost, x.cost_scale};
+  const int64_t IO = s.I * s.O, IOH = IO * s.H, sp = iter_state(s);
+  const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
+  const bool fused = x.V == nullptr;
+  std::vector<Buffers<T>> bufs(nt);
+  for (auto& b : bufs) b.init(s, fused, false);
+  parallel(x.n, nt, [&](int64_t k, int tid) {
+    Buffers<T>& b = bufs[tid];
+    const T* V = fused ? b.V.data() : (const T*)x.V + k * IOH;
+    if (fused) votes_one<T, HC>(s, (const T*)x.M + k * s.I * s.H, (const T*)x.W, (const T*)x.off, b.V.data());
+    iter_forward<T, HC>(s, V, (const T*)x.a + k * s.I, (const T*)x.bv + k * s.O, (const T*)x.ba + k * s.O,
+                        T(x.lambdas[0]), T(x.eps), T(x.tiny), R + k * IO, st ? st + k * sp : nullptr,
+                        X ? X + k * IO : nullptr, b);
+    std::copy(b.mu.data(), b.mu.data() + s.O * s.H, mu + k * s.O * s.H);
+    std::copy(b.A.data(), b.A.data() + s.O, A + k * s.O);
+  });
+}
+
+// Backward of step_forward: gmu, gA (either may be nullptr: zero) and gX (nullptr if the step made no X) in; the
+// gradients of V (or of M and W), a, beta_v, beta_a and R out, all overwritten.
+template <typename T, int HC>
+void step_backward(const Args& x, const T* st, const T* gmu, const T* gA, const T* gX, T* gV, T* gM, T* gW, T* ga,
+                   T* gbv, T* gba, T* gR) {
+  const Shape s{x.I, x.O, x.H, x.P, x.Iw, 1, x.cost, x.cost_scale};
+  const int64_t IO = s.I * s.O, IOH = IO * s.H, OH = s.O * s.H, sp = iter_state(s), nw = s.Iw * OH;
+  const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
+  const bool fused = x.V == nullptr;
+  const int64_t blocks = fused ? std::min<int64_t>(x.n, 16) : x.n;  // fixed blocks, as in backward()
+  std::vector<T> gWb(fused ? blocks * nw : 0, T(0));
+  std::vector<Buffers<T>> bufs(nt);
+  for (auto& b : bufs) b.init(s, fused, true);
+  parallel(blocks, nt, [&](int64_t blk, int tid) {
+    Buffers<T>& b = bufs[tid];
+    for (int64_t k = blk * x.n / blocks; k < (blk + 1) * x.n / blocks; ++k) {
+      const T* M = (const T*)x.M + k * s.I * s.H;
+      if (fused) votes_one<T, HC>(s, M, (const T*)x.W, (const T*)x.off, b.V.data());
+      const T* V = fused ? b.V.data() : (const T*)x.V + k * IOH;
+      T* g = fused ? b.gV.data() : gV + k * IOH;
+      if (gmu) std::copy(gmu + k * OH, gmu + (k + 1) * OH, b.gmu.data()); else std::fill(b.gmu.begin(), b.gmu.end(), T(0));
+      if (gA) std::copy(gA + k * s.O, gA + (k + 1) * s.O, b.gA.data()); else std::fill(b.gA.begin(), b.gA.end(), T(0));
+      std::fill(g, g + IOH, T(0));
+      std::fill(ga + k * s.I, ga + (k + 1) * s.I, T(0));
+      std::fill(gbv + k * s.O, gbv + (k + 1) * s.O, T(0));
+      std::fill(gba + k * s.O, gba + (k + 1) * s.O, T(0));
+      iter_backward<T, HC>(s, V, (const T*)x.a + k * s.I, (const T*)x.bv + k * s.O, T(x.lambdas[0]), T(x.eps),
+                           T(x.tiny), st + k * sp, gX ? gX + k * IO : nullptr, g, ga + k * s.I, gbv + k * s.O,
+                           gba + k * s.O, b);
+      std::copy(b.gR.data(), b.gR.data() + IO, gR + k * IO);
+      if (fused) votes_backward_one<T, HC>(s, M, (const T*)x.W, g, gM + k * s.I * s.H, gWb.data() + blk * nw);
+    }
+  });
+  if (fused) {
+    std::fill(gW, gW + nw, T(0));
+    for (int64_t blk = 0; blk < blocks; ++blk)
+      for (int64_t k = 0; k < nw; ++k) gW[k] += gWb[blk * nw + k];
+  }
+}
+
 template <typename T>
 void forward_any(const Args& x, T* mu, T* A, T* st) {
   (x.H == 16 && x.P == 4) ? forward<T, 16>(x, mu, A, st) : forward<T, 0>(x, mu, A, st);
@@ -78,6 +140,17 @@ template <typename T>
 void backward_any(const Args& x, const T* st, const T* gmu, const T* gA, T* gV, T* gM, T* gW, T* ga, T* gbv, T* gba) {
   (x.H == 16 && x.P == 4) ? backward<T, 16>(x, st, gmu, gA, gV, gM, gW, ga, gbv, gba)
                           : backward<T, 0>(x, st, gmu, gA, gV, gM, gW, ga, gbv, gba);
+}
+
+template <typename T>
+void step_forward_any(const Args& x, const T* R, T* mu, T* A, T* X, T* st) {
+  (x.H == 16 && x.P == 4) ? step_forward<T, 16>(x, R, mu, A, X, st) : step_forward<T, 0>(x, R, mu, A, X, st);
+}
+template <typename T>
+void step_backward_any(const Args& x, const T* st, const T* gmu, const T* gA, const T* gX, T* gV, T* gM, T* gW, T* ga,
+                       T* gbv, T* gba, T* gR) {
+  (x.H == 16 && x.P == 4) ? step_backward<T, 16>(x, st, gmu, gA, gX, gV, gM, gW, ga, gbv, gba, gR)
+                          : step_backward<T, 0>(x, st, gmu, gA, gX, gV, gM, gW, ga, gbv, gba, gR);
 }
 
 }  // namespace emcaps
@@ -98,6 +171,13 @@ int64_t em_state_size(int64_t I, int64_t O, int64_t H, int iters) {
   void em_backward_##sfx(const Args* x, const T* st, const T* gmu, const T* gA, T* gV, T* gM, T* gW, T* ga,       \
                          T* gbv, T* gba) {                                                                        \
     backward_any<T>(*x, st, gmu, gA, gV, gM, gW, ga, gbv, gba);                                                   \
+  }                                                                                                               \
+  void em_step_forward_##sfx(const Args* x, const T* R, T* mu, T* A, T* X, T* st) {                               \
+    step_forward_any<T>(*x, R, mu, A, X, st);                                                                     \
+  }                                                                                                               \
+  void em_step_backward_##sfx(const Args* x, const T* st, const T* gmu, const T* gA, const T* gX, T* gV, T* gM,   \
+                              T* gW, T* ga, T* gbv, T* gba, T* gR) {                                              \
+    step_backward_any<T>(*x, st, gmu, gA, gX, gV, gM, gW, ga, gbv, gba, gR);                                      \
   }
 EM_EXPORT(float, f32)
 EM_EXPORT(double, f64)
