@@ -25,7 +25,9 @@ def train_cmd(
     batch_size: int = None,     # global batch size (default 32)
     iterations: int = None,     # EM routing iterations (default 2)
     lr: float = None,           # Adam learning rate (default 0.003)
-    inverse_temperature: str = None, # lambda of every routing iteration, or 'article' (default 0.01)
+    inverse_temperature: str = None, # lambda of every routing iteration, or 'article' (default 0.01); paper variant: the final lambda
+    variant: str = None,        # capsules: article (standardised cost, fixed lambda) or paper (the paper's cost, schedule, routing)
+    spatial_routing: str = None,# capsules: on or off, overriding the variant (paper: on)
     out: str = None,            # run directory (default runs/DATASET-CONFIG)
     resume: bool = False,       # continue the run in --out from its last checkpoint
     device: str = None,         # auto, cpu, cuda, cuda:1, mps (default auto)
@@ -46,7 +48,7 @@ def train_cmd(
 ) -> dict:
     "Train a capsule network and print its test accuracy."
     given = dict(dataset=dataset, model=config or model, epochs=epochs, batch_size=batch_size, iterations=iterations, lr=lr,
-                 inverse_temperature=_lambda(inverse_temperature), device=device, amp=amp, workers=workers, seed=seed,
+                 inverse_temperature=_lambda(inverse_temperature), variant=variant, spatial_routing=_on_off(spatial_routing), device=device, amp=amp, workers=workers, seed=seed,
                  root=root, download=download or None, train_limit=train_limit, test_limit=test_limit,
                  compile=compile or None, augment=False if no_augment else None, checkpoint_every=checkpoint_every,
                  views=views, keep_epochs=keep_epochs or None)
@@ -68,6 +70,11 @@ def _lambda(s):
     if s is None or s == 'article': return s
     try: return float(s)
     except ValueError: raise ValueError(f"--inverse-temperature must be a number or 'article', got {s!r}") from None
+
+def _on_off(s):
+    if s is None: return None
+    if s in ('on', 'off'): return s == 'on'
+    raise ValueError(f"--spatial-routing must be on or off, got {s!r}")
 
 def _saved_config(out) -> dict | None:
     "The config a run in `out` was started with, if any (without the fields train adds)."

@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['ROUTINGS', 'SCHEDULES', 'COST_SCALE_UNIT', 'VARIANTS', 'PrimaryCaps', 'cost_scale_rule', 'ConvCaps', 'ClassCaps',
-           'CapsNet']
+           'CapsNet', 'calibrate_activations']
 
 # %% ../nbs/05_layers.ipynb #2fe8de06
+import math
 from functools import partial
 
 import torch
@@ -215,3 +216,26 @@ class CapsNet(nn.Module):
         pose, act = self.conv_caps1(pose, act)
         pose, act = self.conv_caps2(pose, act)
         return self.class_caps(pose, act)
+
+# %% ../nbs/05_layers.ipynb #b5a2fbbb
+@torch.no_grad()
+def calibrate_activations(
+    net: CapsNet,         # a capsule network; its routing layers' beta_a are shifted in place
+    x: Tensor,            # a batch of images, e.g. the first 256 training images
+    target: float = 0.5,  # the median activation each routing layer should have on x
+    passes: int = 3,      # rounds over the layers (a layer's shift changes the inputs of the next)
+) -> dict:                # the median activation of each routing layer after calibration
+    "Shift beta_a of ConvCaps1, ConvCaps2 and ClassCaps so that each layer's median activation on x is `target`."
+    if not 0 < target < 1: raise ValueError(f"target must lie in (0, 1), got {target}")
+    layers = {'conv_caps1': net.conv_caps1, 'conv_caps2': net.conv_caps2, 'class_caps': net.class_caps}
+    def median_logit(layer):
+        got = {}
+        hook = layer.register_forward_hook(lambda m, i, o: got.__setitem__('a', o[1]))
+        try: net(x)
+        finally: hook.remove()
+        return torch.logit(got['a'].double().clamp(1e-12, 1 - 1e-12)).median().item()
+    for _ in range(passes):
+        for layer in layers.values():
+            lam = layer._schedule(layer.iterations)[-1]          # the last iteration's lambda decides the output
+            layer.beta_a += (math.log(target / (1 - target)) - median_logit(layer)) / lam
+    return {name: torch.sigmoid(torch.tensor(median_logit(layer))).item() for name, layer in layers.items()}

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .layers import CapsNet
+from .layers import VARIANTS, CapsNet, calibrate_activations
 from .baseline import CNNBaseline
 from .loss import spread_loss, spread_loss_margin
 from .data import get_dataset
@@ -40,17 +40,24 @@ def build_model(
     in_channels: int = 1,             # image channels (2 for smallNORB's stereo pairs)
     num_classes: int = 10,
     iterations: int = 3,              # EM routing iterations
-    inverse_temperature: float | str = 0.01, # lambda, fixed over the iterations, or 'article' (1 rising to min(T, 3))
+    inverse_temperature: float | str = 0.01, # article variant: lambda, fixed over the iterations, or 'article' (1 rising
+                                      # to min(T, 3)); paper variant: the paper schedule's final lambda, or 'article'
     routing: str = 'fast',            # 'fast' or 'literal'
     image_size: int = 28,             # image side (the CNN's fully connected layer depends on it)
+    variant: str = 'article',         # capsules: 'article' (today's model, bit for bit) or 'paper' (VARIANTS)
+    spatial_routing: bool | None = None, # capsules: override the variant's choice of shared children
 ) -> nn.Module:
     "A network by configuration name."
     if name not in MODEL_CONFIGS: raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
+    if variant not in VARIANTS: raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {variant!r}")
     cfg = dict(MODEL_CONFIGS[name]); kind = cfg.pop('kind')
     if kind == 'cnn': return CNNBaseline(in_channels, num_classes, image_size, **cfg)
-    lam = (1.0, None) if inverse_temperature == 'article' else (float(inverse_temperature),) * 2
-    return CapsNet(**cfg, E=num_classes, in_channels=in_channels, iterations=iterations,
-                   routing=routing, lambda_min=lam[0], lambda_max=lam[1])
+    caps = dict(E=num_classes, in_channels=in_channels, iterations=iterations, routing=routing, variant=variant,
+                spatial_routing=spatial_routing)
+    if inverse_temperature == 'article': return CapsNet(**cfg, **caps, schedule='article', lambda_min=1.0, lambda_max=None)
+    lam = float(inverse_temperature)
+    if variant == 'paper': return CapsNet(**cfg, **caps, final_lambda=lam)
+    return CapsNet(**cfg, **caps, lambda_min=lam, lambda_max=lam)
 
 # %% ../nbs/07_training.ipynb #6b971550
 @dataclass
@@ -64,7 +71,10 @@ class TrainConfig:
     lr_decay: float = 0.96           # learning rate multiplied by this after each epoch
     weight_decay: float = 0.0
     iterations: int = 2              # EM routing iterations (the paper: 3; see the table above)
-    inverse_temperature: float | str = 0.01 # lambda of every routing iteration, or 'article': 1 rising to min(T, 3)
+    inverse_temperature: float | str = 0.01 # lambda of every routing iteration, or 'article': 1 rising to min(T, 3);
+                                     # with variant 'paper', the final lambda of the paper's schedule
+    variant: str = 'article'         # capsules: 'article' (standardised cost, fixed lambda) or 'paper' (notebook 05)
+    spatial_routing: bool | None = None # capsules: override the variant's children shared by overlapping parents
     margin_start: float = 0.2        # spread-loss margin in the first epoch ...
     margin_step: float = 0.1         # ... grows by this after each epoch ...
     margin_max: float = 0.9          # ... up to this
@@ -94,6 +104,8 @@ class TrainConfig:
             if self.views not in VIEW_SPLITS: raise ValueError(f"views must be one of {', '.join(VIEW_SPLITS)}, got {self.views!r}")
             if self.dataset not in ('smallnorb', 'toynorb'): raise ValueError(f"views needs smallnorb or toynorb, not {self.dataset!r}")
         if self.amp not in ('auto', 'bf16', 'off'): raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
+        if self.variant not in VARIANTS: raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {self.variant!r}")
+        if self.spatial_routing not in (None, True, False): raise ValueError(f"spatial_routing must be true, false or null, got {self.spatial_routing!r}")
         lam = self.inverse_temperature
         if lam != 'article' and not (isinstance(lam, (int, float)) and lam > 0):
             raise ValueError(f"inverse_temperature must be a positive number or 'article', got {lam!r}")
@@ -245,8 +257,8 @@ def evaluate(
     device: torch.device | str = 'cpu',
     amp: torch.dtype | None = None,    # autocast dtype, or None
     ddp: Dist = Dist(),
-) -> dict:                             # accuracy, confusion (num_classes x num_classes), images
-    "Accuracy and confusion matrix of `model` on `dataset`."
+) -> dict:                             # accuracy, confusion (num_classes x num_classes), images, activation_lead
+    "Accuracy and confusion matrix of `model` on `dataset`; for capsules also the median lead of the winning class activation."
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -254,14 +266,24 @@ def evaluate(
     lo, hi = n * ddp.rank // ddp.world_size, n * (ddp.rank + 1) // ddp.world_size
     loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=batch_size)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    leads, capsules = torch.zeros(n, dtype=torch.float64, device=device), False
+    k = lo
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            pred = class_scores(model(x)).argmax(1)
+            out = model(x)
+        scores = class_scores(out)
+        pred = scores.argmax(1)
         confusion += torch.bincount(y * num_classes + pred, minlength=num_classes ** 2).view(num_classes, num_classes)
+        if capsules := isinstance(out, tuple):   # top-1 minus top-2 class activation of each image
+            top = scores.float().topk(min(2, num_classes), 1).values
+            leads[k:k + len(y)] = (top[:, 0] - top[:, -1]).double()
+        k += len(y)
     confusion = ddp.sum(confusion).cpu()
+    leads = ddp.sum(leads).cpu()   # each process filled its own range
     model.train(was_training)
-    return {'accuracy': (confusion.trace() / confusion.sum()).item(), 'confusion': confusion, 'images': int(confusion.sum())}
+    return {'accuracy': (confusion.trace() / confusion.sum()).item(), 'confusion': confusion, 'images': int(confusion.sum()),
+            'activation_lead': leads.median().item() if capsules and n else None}
 
 # %% ../nbs/07_training.ipynb #f24e34ac
 def _limit(ds, n): return ds if n is None or n >= len(ds) else Subset(ds, range(n))
@@ -355,7 +377,8 @@ def train(
     train_ds, test_ds = _limit(train_ds, cfg.train_limit), _limit(test_ds, cfg.test_limit)
     num_classes, (in_channels, image_size) = _num_classes(test_ds), test_ds[0][0].shape[:2]
 
-    net = build_model(cfg.model, in_channels, num_classes, cfg.iterations, cfg.inverse_temperature, image_size=image_size).to(device)
+    net = build_model(cfg.model, in_channels, num_classes, cfg.iterations, cfg.inverse_temperature, image_size=image_size,
+                      variant=cfg.variant, spatial_routing=cfg.spatial_routing).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
@@ -366,6 +389,9 @@ def train(
         net.load_state_dict(state['model']); opt.load_state_dict(state['optimizer']); sched.load_state_dict(state['scheduler'])
         set_rng_state(state['rng'], loader_gen)
         history, steps, start, partial = state['history'], state['steps'], state['epoch'], state.get('partial')
+    elif isinstance(net, CapsNet) and cfg.variant == 'paper':   # half active at the start (notebook 05)
+        calib = get_dataset(cfg.dataset, True, cfg.root, False, False)
+        calibrate_activations(net, torch.stack([calib[k][0] for k in range(min(256, len(calib)))]).to(device))
     model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None) if ddp.world_size > 1 else net
     if cfg.compile: model = torch.compile(model)
 
@@ -391,6 +417,7 @@ def train(
         lr = opt.param_groups[0]['lr']
         model.train()
         totals = torch.zeros(3, dtype=torch.float64, device=device)   # loss sum, correct, images (this process)
+        skipped = partial.get('skipped', 0) if partial else 0         # steps left out for a non-finite loss or gradient
         window = torch.zeros(3, dtype=torch.float64, device=device)   # the same over the last log_every steps
         train_before = 0.0
         if partial:   # resume inside this epoch: same permutation, skip the batches done, sums so far on rank 0
@@ -411,7 +438,10 @@ def train(
             loss = model_loss(cfg.model, scores, y, margin)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            finite = torch.isfinite(loss) & torch.stack([torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None]).all()
+            if ddp.world_size > 1: finite = ddp.sum(finite.float().reshape(1)) == ddp.world_size
+            if bool(finite): opt.step()
+            else: skipped += 1
             batch = torch.stack([loss.detach().double() * len(y), (scores.argmax(1) == y).sum().double(), totals.new_tensor(len(y))])
             totals += batch; window += batch
             if (i + 1) % cfg.log_every == 0 or i + 1 == len(loader):
@@ -425,7 +455,7 @@ def train(
             if not last and (stop or (cfg.checkpoint_every and (epoch * len(sampler) + i + 1) % cfg.checkpoint_every == 0)):
                 g_totals, g_window = ddp.sum(totals.clone()).cpu(), ddp.sum(window.clone()).cpu()
                 checkpoint(epoch, {'batches_done': i + 1, 'loader_at_epoch_start': at_epoch_start, 'totals': g_totals,
-                                   'window': g_window, 'train_s': train_before + time.perf_counter() - t0})
+                                   'window': g_window, 'train_s': train_before + time.perf_counter() - t0, 'skipped': skipped})
                 ddp.barrier()
             if stop and not last: stopped = True; break
         if stopped: break
@@ -437,7 +467,8 @@ def train(
         test = evaluate(net, test_ds, num_classes, cfg.eval_batch_size, device, amp, ddp)
         row = {'epoch': epoch + 1, 'margin': margin, 'lr': lr, 'train_loss': loss_sum / images, 'train_acc': correct / images,
                'test_acc': test['accuracy'], 'train_images': int(images), 'images_per_s': images / train_s,
-               'train_s': train_s, 'eval_s': time.perf_counter() - t1}
+               'train_s': train_s, 'eval_s': time.perf_counter() - t1, 'skipped_steps': skipped,
+               'activation_lead': test['activation_lead'], 'constant_loss': (num_classes - 1) * margin ** 2}
         history.append(row)
         if log and ddp.main:
             print(f"epoch {epoch + 1}/{cfg.epochs}  margin {margin:.1f}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.4f}  "
@@ -469,7 +500,7 @@ def load_model(
     state = path if isinstance(path, dict) else load_checkpoint(path, map_location)
     cfg = TrainConfig.from_dict(state['config'])
     net = build_model(cfg.model, state['in_channels'], state['num_classes'], iterations or cfg.iterations, cfg.inverse_temperature,
-                      image_size=state['image_size'])
+                      image_size=state['image_size'], variant=cfg.variant, spatial_routing=cfg.spatial_routing)
     net.load_state_dict(state['model'])
     return net.to(map_location).eval(), cfg
 

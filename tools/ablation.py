@@ -1,0 +1,60 @@
+"""The routing ablation of issue 16: variants x routing iterations x seeds, trained with `emcaps train`, resumable.
+
+Each run trains in runs/ablation/NAME (checkpoint every epoch, so a killed run resumes with --resume) and, once
+finished, its small files (config.json, metrics.jsonl, summary.json) are copied to results/ablation/NAME/. Runs are
+taken in the priority order of GRID; `--worker k/n` takes every n-th run starting at k, so that n processes with one
+thread each share a machine. `python -m emcaps_nb.results ablation` (notebook 08a) gathers results/ablation into
+results/ablation/summary.json.
+
+    OMP_NUM_THREADS=1 nohup python tools/ablation.py --worker 0/2 > runs/ablation-0.log 2>&1 &
+    OMP_NUM_THREADS=1 nohup python tools/ablation.py --worker 1/2 > runs/ablation-1.log 2>&1 &
+"""
+import argparse, json, pathlib, shutil, subprocess, sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+VARIANTS = {  # name -> emcaps train options
+    'article': ['--variant', 'article', '--inverse-temperature', '0.01'],
+    'article-schedule': ['--variant', 'article', '--inverse-temperature', 'article'],
+    'paper': ['--variant', 'paper'],
+    'paper-per-position': ['--variant', 'paper', '--spatial-routing', 'off'],
+}
+EPOCHS = {'mnist-sample': 20, 'fashion-mnist': 6}
+
+
+def run_name(dataset, variant, iterations, seed): return f'{dataset}-{variant}-it{iterations}-s{seed}'
+
+
+def grid() -> list:
+    "mnist-sample runs in priority order: what answers 'do iterations help?' first."
+    order = [('paper', 0), ('article', 0), ('paper', 1), ('paper-per-position', 0), ('article-schedule', 0),
+             ('article', 1), ('paper-per-position', 1), ('article-schedule', 1)]
+    return [('mnist-sample', v, it, s) for v, s in order for it in (1, 2, 3)]
+
+
+def train(dataset, variant, iterations, seed):
+    name = run_name(dataset, variant, iterations, seed)
+    out, res = ROOT / 'runs' / 'ablation' / name, ROOT / 'results' / 'ablation' / name
+    if (res / 'summary.json').exists(): return
+    cmd = ['emcaps', 'train', '--dataset', dataset, '--config', 'small', '--epochs', str(EPOCHS[dataset]),
+           '--iterations', str(iterations), '--seed', str(seed), *VARIANTS[variant], '--out', str(out), '--resume', '--no-progress']
+    print('+', ' '.join(cmd), flush=True)
+    r = subprocess.run(cmd, cwd=ROOT)
+    if r.returncode: print(f'{name}: exit status {r.returncode}', flush=True); return
+    res.mkdir(parents=True, exist_ok=True)
+    for f in ('config.json', 'metrics.jsonl', 'summary.json'):
+        if (out / f).exists(): shutil.copy(out / f, res / f)
+    (res / 'run.json').write_text(json.dumps({'command': ' '.join(cmd[:-4] + ['--out', f'runs/ablation/{name}']),
+                                              'threads': 1}, indent=1) + '\n')
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--worker', default='0/1', help='k/n: take every n-th run of the grid, starting at k')
+    ap.add_argument('--extra', nargs='*', default=[], help='more runs, as dataset:variant:iterations:seed')
+    args = ap.parse_args()
+    k, n = map(int, args.worker.split('/'))
+    runs = grid() + [(d, v, int(i), int(s)) for d, v, i, s in (e.split(':') for e in args.extra)]
+    for run in runs[k::n]: train(*run)
+
+
+if __name__ == '__main__': main()
