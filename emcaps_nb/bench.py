@@ -16,6 +16,8 @@ CASES = {  # name: (default batch, routing shape without the batch)
     'convcaps2': (8, (4, 4, 288, 32, 16)),
     'classcaps': (32, (512, 10, 16)),
     'train_step': (32, None),
+    'convcaps1-layer': (8, None),    # the ConvCaps1 layer (votes made inside), each position routing on its own
+    'convcaps1-spatial': (8, None),  # the same layer with children shared by overlapping parents
 }
 IMPLS = ('literal', 'fast-torch', 'fast')
 
@@ -46,7 +48,7 @@ def _make_step(case, impl, batch, device, dtype):
     from functools import partial
     from emcaps_nb.routing import em_routing
     from emcaps_nb.fast_routing import em_routing_fast
-    from emcaps_nb.layers import CapsNet
+    from emcaps_nb.layers import CapsNet, ConvCaps
     from emcaps_nb.loss import spread_loss
     g = torch.Generator().manual_seed(0)
     if case == 'train_step':
@@ -58,6 +60,15 @@ def _make_step(case, impl, batch, device, dtype):
             opt.zero_grad()
             spread_loss(net(x)[1], y, 0.2).backward()
             opt.step()
+        return step
+    if case.startswith('convcaps1-'):   # the paper's ConvCaps1: 14x14 grid of 32 types, K = 3, stride 2, 3 iterations
+        layer = ConvCaps(32, 32, 3, stride=2, routing='literal' if impl == 'literal' else 'fast',
+                         spatial_routing=case.endswith('spatial')).to(device, dtype)
+        pose = torch.randn(batch, 14, 14, 32, 4, 4, generator=g, dtype=dtype).to(device).requires_grad_()
+        act = torch.rand(batch, 14, 14, 32, generator=g, dtype=dtype).to(device).requires_grad_()
+        def step():
+            p, a = layer(pose, act)
+            (p.square().mean() + a.sum()).backward()
         return step
     shape = (batch, *CASES[case][1])
     route = {'literal': em_routing, 'fast-torch': partial(em_routing_fast, backend='torch'), 'fast': em_routing_fast}[impl]

@@ -48,22 +48,25 @@ class ExplorerState:
     "What the explorer draws: the final routing step and the posterior assignments it implies."
     step: RoutingStep  # state after the last M-step
     rr: Tensor         # (I, O): E-step assignments from that state
+    cost: str = 'article' # the activation cost it was routed with
 
 # %% ../nbs/03a_routing_explorer.ipynb #e7efce2e
 def explore_routing(
     problem: VoteProblem,
     inverse_temperature: float = 1.0, # lambda, held constant over the iterations
     iterations: int = 3,              # routing iterations
-    beta_v: float = 0.0,
+    beta_v: float | None = None,      # None: 0 with the article's cost, 1 with the paper's (votes tighter than 1/e are cheap)
     beta_a: float = 0.0,
+    cost: str = 'article',            # the M-step's activation: 'article' (standardised) or 'paper' (scaled by O/I)
 ) -> ExplorerState:
     "Route the problem's votes with a constant inverse temperature; the explorer's callback."
     if inverse_temperature <= 0: raise ValueError(f"inverse_temperature must be positive, got {inverse_temperature}")
-    O = problem.votes.shape[1]
+    I, O = problem.votes.shape[:2]
+    if beta_v is None: beta_v = 1.0 if cost == 'paper' else 0.0
     bv, ba = torch.full((O,), float(beta_v)), torch.full((O,), float(beta_a))
     for step in em_routing_steps(problem.votes, problem.a_in, bv, ba, iterations,
-                                 schedule=lambda n: [float(inverse_temperature)] * n): pass
-    return ExplorerState(step, e_step(step.mean, step.stdv, step.a_out, problem.votes))
+                                 schedule=lambda n: [float(inverse_temperature)] * n, cost=cost, cost_scale=O / I): pass
+    return ExplorerState(step, e_step(step.mean, step.stdv, step.a_out, problem.votes), cost)
 
 # %% ../nbs/03a_routing_explorer.ipynb #4bb26a90
 def plot_routing(problem: VoteProblem, state: ExplorerState, fig=None):
@@ -82,21 +85,23 @@ def plot_routing(problem: VoteProblem, state: ExplorerState, fig=None):
         ax.plot(*mu, 'x', color='C3', ms=10, mew=2)
         ax.set_title(f'parent {o}:  $a_j$ = {state.step.a_out[o]:.3f}')
         ax.set_xlim(-1.3, 1.3); ax.set_ylim(-1.3, 1.3); ax.set_aspect('equal')
-    fig.suptitle(f'λ = {state.step.inverse_temperature:g}, {state.step.iteration + 1} iteration(s); colour = assignment $R_{{ij}}$, size = $a_i$')
+    fig.suptitle(f"λ = {state.step.inverse_temperature:g}, {state.step.iteration + 1} iteration(s), the {state.cost}'s cost; "
+                 f"colour = assignment $R_{{ij}}$, size = $a_i$")
     fig.tight_layout()
     return fig
 
 # %% ../nbs/03a_routing_explorer.ipynb #d96e19b4
 def routing_explorer(problem: VoteProblem | None = None):
-    "ipywidgets sliders for lambda and the iterations, redrawing the routing of `problem`."
+    "ipywidgets sliders for lambda and the iterations, and the activation cost, redrawing the routing of `problem`."
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     problem = vote_clusters() if problem is None else problem
-    def update(inverse_temperature=1.0, iterations=3):
-        state = explore_routing(problem, inverse_temperature, iterations)
+    def update(inverse_temperature=1.0, iterations=3, cost='article'):
+        state = explore_routing(problem, inverse_temperature, iterations, cost=cost)
         plot_routing(problem, state); plt.show()
         return state
     return widgets.interactive(
         update,
         inverse_temperature=widgets.FloatLogSlider(value=1.0, base=10, min=-2, max=2, step=0.05, description='λ'),
-        iterations=widgets.IntSlider(value=3, min=1, max=10, description='iterations'))
+        iterations=widgets.IntSlider(value=3, min=1, max=10, description='iterations'),
+        cost=widgets.ToggleButtons(options=['article', 'paper'], value='article', description='cost'))

@@ -10,7 +10,9 @@ API = ['CapsNet', 'PrimaryCaps', 'ConvCaps', 'ClassCaps', 'em_routing', 'em_rout
        'mat_transform', 'fit_gmm', 'routing_explorer', 'explore_routing', 'em_routing_fast', 'get_dataset', 'SmallNORB', 'DatasetNotFoundError',
        'train', 'TrainConfig', 'evaluate', 'load_model', 'build_model', 'save_checkpoint', 'load_checkpoint', 'CheckpointError', 'CNNBaseline',
        'fgsm', 'bim', 'adversarial_accuracy', 'class_routing_trace', 'PoseDecoder', 'fit_pose_decoder', 'perturb_pose',
-       'CHUNK_MB', 'source_commit', 'vote_and_route', 'cpu_kernel', 'BACKENDS', 'coord_offsets']
+       'CHUNK_MB', 'source_commit', 'vote_and_route', 'cpu_kernel', 'BACKENDS', 'coord_offsets',
+       'paper_schedule', 'COSTS', 'e_step_logits', 'spatial_em_routing', 'spatial_children', 'child_softmax', 'VARIANTS',
+       'calibrate_activations', 'cost_scale_rule', 'kernel_source', 'KERNEL_FILES']
 
 
 def _run(code, cwd, env=None):

@@ -47,11 +47,22 @@ def train(dataset, variant, iterations, seed):
                                               'threads': 1}, indent=1) + '\n')
 
 
+def sync():
+    "Copy the small files of runs still training (config.json, metrics.jsonl; no summary.json) to results/ablation."
+    for out in sorted((ROOT / 'runs' / 'ablation').glob('*/config.json')):
+        out, res = out.parent, ROOT / 'results' / 'ablation' / out.parent.name
+        if (res / 'summary.json').exists() or not (out / 'metrics.jsonl').exists(): continue
+        res.mkdir(parents=True, exist_ok=True)
+        for f in ('config.json', 'metrics.jsonl'): shutil.copy(out / f, res / f)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--worker', default='0/1', help='k/n: take every n-th run of the grid, starting at k')
     ap.add_argument('--extra', nargs='*', default=[], help='more runs, as dataset:variant:iterations:seed')
+    ap.add_argument('--sync', action='store_true', help='only copy the files of runs still training to results/ablation')
     args = ap.parse_args()
+    if args.sync: return sync()
     k, n = map(int, args.worker.split('/'))
     runs = grid() + [(d, v, int(i), int(s)) for d, v, i, s in (e.split(':') for e in args.extra)]
     for run in runs[k::n]: train(*run)
