@@ -8,6 +8,8 @@ __all__ = ['VARIANT_NAMES', 'ablation_record', 'ablation_records', 'summarise', 
 # %% ../nbs/08a_ablation.ipynb #b351ad4b
 import argparse, json, pathlib, statistics
 
+from .files import atomic_write
+
 # %% ../nbs/08a_ablation.ipynb #62865fc0
 VARIANT_NAMES = ('article', 'article-schedule', 'paper', 'paper-per-position')   # as tools/ablation.py names them
 
@@ -65,8 +67,7 @@ def main(argv=None):
     if not root.is_dir(): p.error(f"{root} is not a folder: run from the repository root, or pass --root")
     recs = ablation_records(root)
     table = summarise(recs)
-    tmp = root / 'summary.json.tmp'
-    tmp.write_text(json.dumps({'records': recs, 'table': table}, indent=1) + '\n'); tmp.replace(root / 'summary.json')
+    atomic_write(root / 'summary.json', json.dumps({'records': recs, 'table': table}, indent=1) + '\n')
     for row in table: print(json.dumps({k: row[k] for k in ('dataset', 'variant', 'iterations', 'seeds', 'epochs', 'test_acc', 'activation_lead')}))
     return table
 

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .files import atomic_path
+
 # %% ../nbs/06a_data.ipynb #f1356308
 class DatasetNotFoundError(FileNotFoundError):
     "A dataset is not on this machine; the message says where we looked and how to get it."
@@ -156,9 +158,10 @@ def write_norb(path, arr):
     dims = list(arr.shape) + [1] * (3 - arr.ndim)
     head = struct.pack(f'<ii{len(dims)}i', magic, arr.ndim, *dims)
     body = head + arr.astype(arr.dtype.newbyteorder('<')).tobytes()
-    if str(path).endswith('.gz'):
-        with gzip.open(path, 'wb', compresslevel=1) as f: f.write(body)
-    else: pathlib.Path(path).write_bytes(body)
+    with atomic_path(path) as tmp:
+        if str(path).endswith('.gz'):
+            with gzip.open(tmp, 'wb', compresslevel=1) as f: f.write(body)
+        else: tmp.write_bytes(body)
 
 # %% ../nbs/06a_data.ipynb #f034c630
 @dataclass

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .files import atomic_path
 from .mstep import EPS, TINY, _check_betas, routing_dtype
 from .routing import Schedule, _check_routing, child_softmax, inverse_temperature_schedule, spatial_em_routing
 from .votes import mat_transform
@@ -124,13 +125,10 @@ def _machine() -> str:
     return f'{platform.system()} {platform.machine()} {platform.processor()} {flags}'
 
 def _build(cxx: list, flags: list, lib: Path, source_dir: Path = KERNEL_DIR):
-    tmp = lib.with_name(f'{lib.stem}.{os.getpid()}.tmp')
-    cmd = [*cxx, *flags, str(source_dir / 'em_cpu.cpp'), '-o', str(tmp)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f'{shlex.join(cmd)} exited with {out.returncode}:\n{out.stderr.strip()}')
-    os.replace(tmp, lib)
+    with atomic_path(lib) as tmp:   # two processes building at once each compile into their own file
+        cmd = [*cxx, *flags, str(source_dir / 'em_cpu.cpp'), '-o', str(tmp)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode: raise RuntimeError(f'{shlex.join(cmd)} exited with {out.returncode}:\n{out.stderr.strip()}')
 
 def _layout_ok(lib: ctypes.CDLL) -> bool:
     "Whether the library's `Args` has the size and field offsets of the ctypes mirror."

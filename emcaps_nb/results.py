@@ -16,6 +16,7 @@ from .analysis import ATTACK_LOSSES, PoseDecoder, adversarial_accuracy, class_ro
 from .data import get_dataset
 from .cli import eval_checkpoint
 from .training import load_checkpoint, load_model
+from .files import atomic_path, atomic_write
 
 # %% ../nbs/08_results.ipynb #b0e996f2
 def _jsonl(path: pathlib.Path) -> list:
@@ -104,8 +105,9 @@ def train_decoder(capsule_ckpt, out, n: int = 5000, epochs: int = 30, hidden: tu
     net, cfg = load_model(capsule_ckpt, device)
     ds = Subset(get_dataset(cfg.dataset, train=True, augment=False), range(n))
     dec, losses = fit_pose_decoder(net, ds, epochs=epochs, device=device, hidden=hidden)
-    torch.save({'decoder': dec.state_dict(), 'hidden': list(hidden), 'image_shape': list(dec.image_shape),
-                'num_classes': dec.num_classes, 'capsule_checkpoint': str(capsule_ckpt), 'mse': losses, 'n': n}, out)
+    with atomic_path(out) as tmp:
+        torch.save({'decoder': dec.state_dict(), 'hidden': list(hidden), 'image_shape': list(dec.image_shape),
+                    'num_classes': dec.num_classes, 'capsule_checkpoint': str(capsule_ckpt), 'mse': losses, 'n': n}, tmp)
     return losses
 
 def load_decoder(path) -> tuple[PoseDecoder, dict]:
@@ -133,10 +135,10 @@ def main(argv=None):
         if not ckpt.exists(): p.error(f"{ckpt} is missing: run from the repository root, or pass --results, --capsule or --cnn")
     if args.what == 'adversarial':
         res = adversarial_curves(capsule, cnn, n=args.n or 300, device=args.device)
-        (root / 'adversarial.json').write_text(json.dumps(res, indent=1) + '\n')
+        atomic_write(root / 'adversarial.json', json.dumps(res, indent=1) + '\n')
     elif args.what == 'iterations':
         rows = iteration_evals(capsule, n=args.n, device=args.device)
-        (capsule.parent / 'eval.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+        atomic_write(capsule.parent / 'eval.jsonl', ''.join(json.dumps(r) + '\n' for r in rows))
         print('  '.join(f"{r['iterations']} iterations: {r['accuracy']:.4f}" for r in rows))
     else:
         losses = train_decoder(capsule, root / 'pose_decoder_small.pt', n=args.n or 5000, device=args.device)

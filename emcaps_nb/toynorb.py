@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import SMALLNORB_CLASSES, SMALLNORB_FILES, SmallNORB, write_norb
+from .files import atomic_write
 
 # %% ../nbs/06c_toynorb.ipynb #bab64586
 @dataclass
@@ -302,12 +303,10 @@ def build_toynorb(root='data', instances: dict | None = None, azimuths=NORB_AZIM
         arrays = toynorb_split(train, (instances or {}).get(train), azimuths, elevations, progress)
         for kind, arr in zip(('dat', 'cat', 'info'), arrays):
             path = folder / f"{SMALLNORB_FILES[train]}-{kind}.mat.gz"
-            tmp = path.with_name(path.name + '.tmp.gz')
-            write_norb(tmp, arr)
-            tmp.replace(path)
+            write_norb(path, arr)   # atomically: a half-written file is never left under its name
         record['splits']['train' if train else 'test'] = {'images': len(arrays[0]), 'instances': sorted(set(arrays[2][:, 0].tolist()))}
     record.update(seconds=round(time.perf_counter() - start, 1), threads=torch.get_num_threads(), torch=torch.__version__)
-    (folder / 'toynorb.json').write_text(json.dumps(record, indent=1) + '\n')
+    atomic_write(folder / 'toynorb.json', json.dumps(record, indent=1) + '\n')
     return folder
 
 # %% ../nbs/06c_toynorb.ipynb #08bb62d8

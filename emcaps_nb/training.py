@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .files import atomic_path, atomic_write
 from .layers import VARIANTS, CapsNet, calibrate_activations
 from .baseline import CNNBaseline
 from .loss import spread_loss, spread_loss_margin
@@ -166,15 +167,7 @@ class CheckpointError(ValueError):
 # %% ../nbs/07_training.ipynb #563cb653
 def save_checkpoint(path, state: dict):
     "Write `state` to `path` atomically: a temporary file in the same directory, fsync, then rename."
-    path = pathlib.Path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save({'format': CHECKPOINT_FORMAT, **state}, f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f: torch.save({'format': CHECKPOINT_FORMAT, **state}, f)
 
 # %% ../nbs/07_training.ipynb #49223c3f
 def load_checkpoint(path, map_location='cpu') -> dict:
@@ -303,12 +296,10 @@ def _progress(iterable, enabled: bool, **kw):
 # %% ../nbs/07_training.ipynb #2c1019a7
 def _write_json(path, obj):
     "Write JSON atomically (temporary file, then rename)."
-    tmp = pathlib.Path(str(path) + '.tmp')
-    tmp.write_text(json.dumps(obj, indent=1) + '\n'); os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1) + '\n')
 
 def _write_jsonl(path, rows):
-    tmp = pathlib.Path(str(path) + '.tmp')
-    tmp.write_text(''.join(json.dumps(r) + '\n' for r in rows)); os.replace(tmp, path)
+    atomic_write(path, ''.join(json.dumps(r) + '\n' for r in rows))
 
 # %% ../nbs/07_training.ipynb #18dbba5d
 def hardware(device: torch.device) -> str:

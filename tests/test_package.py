@@ -123,3 +123,25 @@ def test_docs_processing_runs_no_experiment():
             if any(not isinstance(t, (ast.Import, ast.ImportFrom)) for t in cell.parsed_()):
                 bad.append(f'{path.name} cell {cell.idx_}: {cell.source.splitlines()[0]}')
     assert not bad, 'cells mixing imports with other code (a docs build would run them; move the imports to their own cell):\n' + '\n'.join(bad)
+
+
+def test_every_file_is_written_through_atomic_path():
+    "The package writes files only to the temporary path of files.atomic_path (or an open file of it): no bare writes."
+    import ast
+    bad = []
+    for py in sorted((ROOT / 'emcaps_nb').glob('*.py')):
+        if py.name in ('files.py', '_modidx.py'): continue
+        for node in ast.walk(ast.parse(py.read_text())):
+            if not isinstance(node, ast.Call): continue
+            f, args = node.func, node.args
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, 'id', '')
+            owner = getattr(f.value, 'id', '') if isinstance(f, ast.Attribute) else ''
+            target = None
+            if name in ('write_text', 'write_bytes') and isinstance(f, ast.Attribute): target = owner
+            elif name == 'save' and owner == 'torch': target = getattr(args[1], 'id', '?') if len(args) > 1 else '?'
+            elif name == 'replace' and owner == 'os': target = '?'
+            elif name == 'open' and owner in ('', 'gzip') and len(args) > 1 and isinstance(args[1], ast.Constant) and 'w' in str(args[1].value):
+                if isinstance(args[0], ast.Constant) and str(args[0].value).startswith('/proc/'): continue
+                target = getattr(args[0], 'id', '?')
+            if target is not None and target not in ('tmp', 'f'): bad.append(f'{py.name}:{node.lineno} {ast.unparse(node)[:80]}')
+    assert not bad, 'files written without files.atomic_path:\n' + '\n'.join(bad)
