@@ -54,6 +54,9 @@ def train_cmd(
                  views=views, keep_epochs=keep_epochs or None)
     given = {k: v for k, v in given.items() if v is not None}
     saved = _saved_config(out) if resume else None
+    if resume and not (pathlib.Path(out) / 'last.pt').exists() and not (given.keys() - {'epochs'}):
+        raise FileNotFoundError(f"nothing to resume in {out}: it holds no checkpoint (last.pt) yet; give the run's settings "
+                                f"(--dataset, --config, ...) to start it there")
     cfg = TrainConfig.from_dict({**(saved or {}), **given})
     out = pathlib.Path(out) if out else _fresh_dir(pathlib.Path('runs') / f'{cfg.dataset}-{cfg.model}')
     res = train(cfg, out, resume=resume, progress=not no_progress, time_limit=time_limit and 60 * time_limit)

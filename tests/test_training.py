@@ -119,3 +119,16 @@ def test_paper_variant_trains_saves_and_evaluates(tmp_path):
     assert r.returncode == 0 and f"test accuracy {summary['test_acc']:.4f} on 50 images" in r.stdout, r.stdout + r.stderr
     r = _sh(_emcaps() + ['train', '--variant', 'article', '--out', 'run', '--resume', '--epochs', '2', '--no-progress'], tmp_path)
     assert r.returncode != 0 and 'variant' in r.stderr, r.stderr
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+    "`--resume` on a folder with no checkpoint: exit 2 and one line, unless the command gives the run's settings (then it starts)."
+    r = _sh(_emcaps() + ['train', '--resume', '--out', 'empty'], tmp_path)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert 'nothing to resume in empty' in r.stderr and not (tmp_path / 'empty').exists()
+    (tmp_path / 'killed').mkdir(); (tmp_path / 'killed' / 'config.json').write_text('{"model": "tiny"}')   # killed before a checkpoint
+    r = _sh(_emcaps() + ['train', '--resume', '--out', 'killed'], tmp_path)
+    assert r.returncode == 2 and 'nothing to resume in killed' in r.stderr, r.stderr
+    r = _sh(_emcaps() + ['train', '--resume', '--out', 'fresh', '--config', 'tiny', '--epochs', '1', '--train-limit', '32',
+                         '--test-limit', '20', '--batch-size', '16', '--no-progress'], tmp_path)
+    assert r.returncode == 0 and (tmp_path / 'fresh' / 'last.pt').exists(), r.stderr
