@@ -13,7 +13,7 @@ from fastcore.script import anno_parser
 
 from .data import DatasetNotFoundError
 from .data import get_dataset
-from .training import (MODEL_CONFIGS, CheckpointError, TrainConfig, _limit, _num_classes, autocast_dtype, evaluate,
+from .training import (MODEL_CONFIGS, CheckpointError, TrainConfig, limit_dataset, count_classes, autocast_dtype, evaluate,
                                  load_model, select_device, train)
 
 # %% ../nbs/07a_cli.ipynb #ab1672f7
@@ -118,8 +118,8 @@ def eval_checkpoint(
     if views:
         from emcaps_nb.toynorb import select_views
         ds = select_views(ds, views)
-    ds = _limit(ds, limit)
-    r = evaluate(net, ds, _num_classes(ds), batch_size, dev, autocast_dtype(cfg.amp, dev))
+    ds = limit_dataset(ds, limit)
+    r = evaluate(net, ds, count_classes(ds), batch_size, dev, autocast_dtype(cfg.amp, dev))
     capsules = MODEL_CONFIGS[cfg.model]['kind'] == 'capsules'
     return {'checkpoint': str(checkpoint), 'dataset': name, 'model': cfg.model, 'views': views, 'iterations': (iterations or cfg.iterations) if capsules else None,
             'accuracy': r['accuracy'], 'images': r['images'], 'confusion': r['confusion'].tolist()}

@@ -15,8 +15,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .files import atomic_path
-from .mstep import EPS, TINY, _check_betas, routing_dtype
-from .routing import Schedule, _check_routing, child_softmax, inverse_temperature_schedule, spatial_em_routing
+from .mstep import EPS, TINY, check_betas, routing_dtype
+from .routing import Schedule, check_routing, child_softmax, inverse_temperature_schedule, spatial_em_routing
 from .votes import mat_transform
 
 # %% ../nbs/05a_fast_routing.ipynb #8b3e0210
@@ -283,7 +283,7 @@ def em_routing_fast(
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
 ) -> tuple[Tensor, Tensor]:  # pose (..., O, h) and activation a_out (..., O)
     "EM routing, same result as `em_routing`, in a few passes over the votes and little memory."
-    lambdas = _check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
+    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
     lead, (I, O, H) = votes.shape[:-3], votes.shape[-3:]
     dtype, ct = votes.dtype, routing_dtype(votes)
     v = votes.to(ct).reshape(-1, I, O, H)
@@ -333,7 +333,7 @@ def vote_and_route(
         votes = mat_transform(pose.unflatten(-3, (I // Iw, Iw)), W).flatten(-4, -3)   # (..., I, O, h)
         if offset is not None: votes = votes + offset[:, None, :]
         return em_routing_fast(votes, a_in, beta_v, beta_a, iterations, schedule, chunk_mb, 'torch', cost, cost_scale)
-    lambdas = _check_routing(torch.empty(*lead, I, O, H, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
+    lambdas = check_routing(torch.empty(*lead, I, O, H, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
     dtype = torch.promote_types(pose.dtype, W.dtype)
     ct = routing_dtype(torch.empty(0, dtype=dtype))
     M = pose.to(ct).reshape(-1, I, H).contiguous()
@@ -352,7 +352,7 @@ def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations,
     if _backend(backend, pose.device) == 'torch':
         votes = mat_transform(pose.unflatten(-3, (I // Iw, Iw)), W).flatten(-4, -3)   # (N, OH, OW, I, O, h)
         return spatial_em_routing(votes, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale)
-    lambdas = _check_routing(torch.empty(N, OH, OW, I, O, P * P, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
+    lambdas = check_routing(torch.empty(N, OH, OW, I, O, P * P, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
     if children.dtype != torch.long: raise ValueError(f"children must be a long tensor, got {children.dtype}")
     dtype = torch.promote_types(pose.dtype, W.dtype)
     ct = routing_dtype(torch.empty(0, dtype=dtype))

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['Schedule', 'e_step_logits', 'e_step', 'inverse_temperature_schedule', 'paper_schedule', 'RoutingStep',
-           'em_routing_steps', 'em_routing', 'spatial_children', 'child_softmax', 'spatial_em_routing']
+           'check_routing', 'em_routing_steps', 'em_routing', 'spatial_children', 'child_softmax', 'spatial_em_routing']
 
 # %% ../nbs/03_e_step.ipynb #7bf36f87
 from dataclasses import dataclass
@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from .mstep import EPS, TINY, _check_betas, _check_votes, check_cost, m_step, routing_dtype
+from .mstep import EPS, TINY, check_betas, check_votes, check_cost, m_step, routing_dtype
 
 # %% ../nbs/03_e_step.ipynb #9ca77afc
 def e_step_logits(
@@ -78,9 +78,9 @@ class RoutingStep:
 Schedule = Callable[[int], list]  # iterations -> one inverse temperature per iteration
 
 # %% ../nbs/03_e_step.ipynb #adb85085
-def _check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost='article', cost_scale=1.0):
-    _check_votes(votes, a_in)
-    _check_betas(beta_v, beta_a, votes.shape[:-3] + votes.shape[-2:-1])
+def check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost='article', cost_scale=1.0):
+    check_votes(votes, a_in)
+    check_betas(beta_v, beta_a, votes.shape[:-3] + votes.shape[-2:-1])
     check_cost(cost, cost_scale)
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
@@ -101,7 +101,7 @@ def em_routing_steps(
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
 ) -> Iterator[RoutingStep]:
     "Run EM routing, yielding the state after each iteration's M-step."
-    lambdas = _check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
+    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
     ct = routing_dtype(votes)   # half precision is routed in float32 throughout, not rounded between steps
     return _em_routing_gen(*(t.to(ct) for t in (votes, a_in, beta_v, beta_a)), lambdas, cost, cost_scale)
 
@@ -181,7 +181,7 @@ def spatial_em_routing(
 ) -> tuple[Tensor, Tensor]:  # pose (N, OH, OW, O, h), a_out (N, OH, OW, O)
     "EM routing in which each child's assignments are normalised over all parents whose windows contain it."
     if votes.ndim != 6: raise ValueError(f"votes must have shape (N, OH, OW, I, O, h), got {tuple(votes.shape)}")
-    lambdas = _check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
+    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
     if children.shape != votes.shape[1:4] or children.dtype != torch.long:
         raise ValueError(f"children must be a long tensor of shape (OH, OW, I) = {tuple(votes.shape[1:4])}, got {children.dtype} {tuple(children.shape)}")
     dtype, ct = votes.dtype, routing_dtype(votes)

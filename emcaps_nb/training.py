@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['MODEL_CONFIGS', 'CHECKPOINT_FORMAT', 'TRAINABILITY_RUNS', 'build_model', 'TrainConfig', 'select_device',
            'autocast_dtype', 'GlobalBatchSampler', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'rng_state',
-           'set_rng_state', 'Dist', 'init_distributed', 'class_scores', 'model_loss', 'evaluate', 'hardware',
-           'source_commit', 'TrainResult', 'train', 'load_model']
+           'set_rng_state', 'Dist', 'init_distributed', 'class_scores', 'model_loss', 'evaluate', 'limit_dataset',
+           'count_classes', 'hardware', 'source_commit', 'TrainResult', 'train', 'load_model']
 
 # %% ../nbs/07_training.ipynb #b7ee6dca
 import json, os, pathlib, platform, random, time
@@ -279,9 +279,9 @@ def evaluate(
             'activation_lead': leads.median().item() if capsules and n else None}
 
 # %% ../nbs/07_training.ipynb #f24e34ac
-def _limit(ds, n): return ds if n is None or n >= len(ds) else Subset(ds, range(n))
+def limit_dataset(ds, n): return ds if n is None or n >= len(ds) else Subset(ds, range(n))
 
-def _num_classes(ds) -> int:
+def count_classes(ds) -> int:
     base = ds
     while isinstance(base, Subset): base = base.dataset   # a limit of a viewpoint subset of a dataset
     if getattr(base, 'classes', None): return len(base.classes)
@@ -365,8 +365,8 @@ def train(
     if cfg.views:
         from emcaps_nb.toynorb import select_views
         train_ds, test_ds = select_views(train_ds, cfg.views), select_views(test_ds, cfg.views)
-    train_ds, test_ds = _limit(train_ds, cfg.train_limit), _limit(test_ds, cfg.test_limit)
-    num_classes, (in_channels, image_size) = _num_classes(test_ds), test_ds[0][0].shape[:2]
+    train_ds, test_ds = limit_dataset(train_ds, cfg.train_limit), limit_dataset(test_ds, cfg.test_limit)
+    num_classes, (in_channels, image_size) = count_classes(test_ds), test_ds[0][0].shape[:2]
 
     net = build_model(cfg.model, in_channels, num_classes, cfg.iterations, cfg.inverse_temperature, image_size=image_size,
                       variant=cfg.variant, spatial_routing=cfg.spatial_routing).to(device)

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, Subset
 
 from .data import get_dataset
 from .toynorb import AZIMUTH_SPLIT, ELEVATION_SPLIT
-from .training import _write_json, class_scores, load_model
+from .training import class_scores, load_model
+from .files import atomic_write
 
 # %% ../nbs/09_viewpoints.ipynb #d09d61ee
 def epoch_checkpoints(run) -> list:
@@ -93,7 +94,7 @@ def main(argv=None):
         saved = out / f"{pathlib.Path(run).name}.json"
         previous = json.loads(saved.read_text()) if saved.exists() and not args.again else None
         res = evaluate_run(run, args.root, args.stride, args.device, previous)
-        _write_json(saved, res)   # written whole, then renamed: an interrupted evaluation leaves the old file intact
+        atomic_write(saved, json.dumps(res, indent=1) + '\n')   # written whole, then renamed: an interrupted evaluation leaves the old file intact
         reused = sum(e in previous['epochs'] for e in res['epochs']) if previous else 0
         print(f"{res['run']}: {len(res['epochs'])} epochs ({reused} from {saved})")
 
