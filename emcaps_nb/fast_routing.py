@@ -16,7 +16,7 @@ from torch.autograd.function import once_differentiable
 
 from .files import atomic_path
 from .mstep import EPS, TINY, check_betas, routing_dtype
-from .routing import Schedule, check_routing, child_softmax, inverse_temperature_schedule, spatial_em_routing
+from .routing import Schedule, check_routing, child_softmax, inverse_temperature_schedule, spatial_em_routing, spatial_initial_rr
 from .votes import mat_transform
 
 # %% ../nbs/05a_fast_routing.ipynb #8b3e0210
@@ -361,8 +361,7 @@ def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations,
     a = a_in.to(ct).reshape(n, I).contiguous()
     bv, ba = (t.to(ct).expand(N, OH, OW, O).reshape(n, O).contiguous() for t in (beta_v, beta_a))
     n_children = int(children.max()) + 1
-    windows = torch.bincount(children.flatten(), minlength=n_children)
-    rr = (1.0 / (O * windows[children].to(ct)))[..., None].expand(N, OH, OW, I, O).reshape(n, I, O).contiguous()
+    rr = spatial_initial_rr(children, O, ct).expand(N, OH, OW, I, O).reshape(n, I, O).contiguous()
     save = _saves(pose, W, a_in, beta_v, beta_a)
     for t, lam in enumerate(lambdas):
         estep = t < len(lambdas) - 1

@@ -7,7 +7,7 @@ __all__ = ['ROUTINGS', 'SCHEDULES', 'COST_SCALE_UNIT', 'VARIANTS', 'PrimaryCaps'
            'CapsNet', 'calibrate_activations']
 
 # %% ../nbs/05_layers.ipynb #2fe8de06
-import math
+import functools, math
 from functools import partial
 
 import torch
@@ -15,7 +15,7 @@ from torch import nn, Tensor
 
 from .votes import kernel_tile, mat_transform
 from .mstep import check_cost
-from .routing import em_routing, inverse_temperature_schedule, paper_schedule, spatial_children, spatial_em_routing
+from .routing import em_routing, inverse_temperature_schedule, paper_schedule, spatial_children, spatial_em_routing, spatial_initial_rr
 from .fast_routing import vote_and_route
 from .coordinates import coord_addition, coord_offsets
 
@@ -67,6 +67,11 @@ def cost_scale_rule(initial_mass: float) -> float:
     return COST_SCALE_UNIT / initial_mass
 
 # %% ../nbs/05_layers.ipynb #a2669f8b
+@functools.lru_cache
+def _spatial_initial_mass(H, W, K, stride, B, C) -> float:
+    "sum_i R_ij at the uniform start of spatial routing, mean over positions: the mass of a parent whose inputs are all active."
+    return spatial_initial_rr(spatial_children(H, W, K, stride, B), C, torch.float64)[..., 0].sum(-1).mean().item()
+
 def _schedule_repr(layer):
     if layer.schedule == 'paper': return f"schedule='paper', final_lambda={layer.final_lambda}"
     return f"lambda=({layer.lambda_min}, {layer.lambda_max})"
@@ -96,10 +101,7 @@ class ConvCaps(nn.Module):
         "The scale of the paper's cost on an H x W input grid: the argument, or cost_scale_rule of the initial mass."
         if self._cost_scale is not None: return float(self._cost_scale)
         if not self.spatial_routing: return cost_scale_rule(self.K * self.K * self.B / self.C)   # I / O
-        children = spatial_children(H, W, self.K, self.stride, 1)                                  # (oh, ow, K*K): child positions
-        windows = torch.bincount(children.flatten())                                               # windows holding each child
-        mass = (1.0 / windows[children].double()).sum(-1).mean().item() * self.B / self.C          # sum_i 1/(C w_i), mean over positions
-        return cost_scale_rule(mass)
+        return cost_scale_rule(_spatial_initial_mass(H, W, self.K, self.stride, self.B, self.C))
 
     def forward(self, pose: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
         "(N, H, W, B, 4, 4), (N, H, W, B) -> (N, OH, OW, C, 4, 4), (N, OH, OW, C)"

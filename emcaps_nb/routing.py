@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['Schedule', 'e_step_logits', 'e_step', 'inverse_temperature_schedule', 'paper_schedule', 'RoutingStep',
-           'check_routing', 'em_routing_steps', 'em_routing', 'spatial_children', 'child_softmax', 'spatial_em_routing']
+           'check_routing', 'em_routing_steps', 'em_routing', 'spatial_children', 'child_softmax', 'spatial_initial_rr',
+           'spatial_em_routing']
 
 # %% ../nbs/03_e_step.ipynb #7bf36f87
 from dataclasses import dataclass
@@ -157,12 +158,19 @@ def child_softmax(
     lse = (m_i + torch.log(s.gather(1, idx))).reshape(x.shape[:-1])
     return torch.exp(x - lse[..., None])
 
+def spatial_initial_rr(
+    children: Tensor,   # (OH, OW, I) long (spatial_children)
+    O: int,             # parent types at each position
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:            # (OH, OW, I, O): 1 / (O * number of windows holding the child), each child's R summing to 1
+    "The uniform start of spatial EM routing: every child split evenly over all its parents."
+    windows = torch.bincount(children.flatten())                # windows containing each child
+    return (1.0 / (O * windows[children].to(dtype)))[..., None].expand(*children.shape, O)
+
 def _spatial_steps(votes, a_in, beta_v, beta_a, children, lambdas, cost, cost_scale):
     "Yield (rr, mean, stdv, a_out) after each M-step of spatial EM routing; inputs in the routing dtype."
     n_children = int(children.max()) + 1
-    windows = torch.bincount(children.flatten(), minlength=n_children)  # windows containing each child
-    O = votes.shape[-2]
-    rr = (1.0 / (O * windows[children].to(votes.dtype)))[..., None].expand(*children.shape, O)   # (oh, ow, i, o)
+    rr = spatial_initial_rr(children, votes.shape[-2], votes.dtype)   # (oh, ow, i, o)
     for t, lam in enumerate(lambdas):
         mean, stdv, a_out = m_step(rr, votes, a_in, beta_v, beta_a, lam, cost, cost_scale)
         yield rr, mean, stdv, a_out
