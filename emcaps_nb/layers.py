@@ -7,7 +7,7 @@ __all__ = ['ROUTINGS', 'SCHEDULES', 'COST_SCALE_UNIT', 'VARIANTS', 'PrimaryCaps'
            'CapsNet', 'calibrate_activations']
 
 # %% ../nbs/05_layers.ipynb #2fe8de06
-import functools, math
+import functools, math, warnings
 from functools import partial
 
 import torch
@@ -222,22 +222,39 @@ class CapsNet(nn.Module):
 # %% ../nbs/05_layers.ipynb #b5a2fbbb
 @torch.no_grad()
 def calibrate_activations(
-    net: CapsNet,         # a capsule network; its routing layers' beta_a are shifted in place
+    net: CapsNet,         # a capsule network; its routing layers' beta_a are set in place
     x: Tensor,            # a batch of images, e.g. the first 256 training images
-    target: float = 0.5,  # the median activation each routing layer should have on x
-    passes: int = 3,      # rounds over the layers (a layer's shift changes the inputs of the next)
-) -> dict:                # the median activation of each routing layer after calibration
-    "Shift beta_a of ConvCaps1, ConvCaps2 and ClassCaps so that each layer's median activation on x is `target`."
+    target: float = 0.5,  # the median activation each capsule type should have on x
+    tol: float = 0.01,    # the largest distance, in logits, of a type's median from the target's logit
+    max_steps: int = 12,  # layer evaluations of Newton's method per layer, a Jacobian counting as one
+) -> dict:                # per routing layer, the median activation of each type after calibration, shape (types,)
+    "Set beta_a of each capsule type of ConvCaps1, ConvCaps2 and ClassCaps, layer after layer, so that its median activation on x is `target`."
     if not 0 < target < 1: raise ValueError(f"target must lie in (0, 1), got {target}")
-    layers = {'conv_caps1': net.conv_caps1, 'conv_caps2': net.conv_caps2, 'class_caps': net.class_caps}
-    def median_logit(layer):
-        got = {}
-        hook = layer.register_forward_hook(lambda m, i, o: got.__setitem__('a', o[1]))
-        try: net(x)
-        finally: hook.remove()
-        return torch.logit(got['a'].double().clamp(1e-12, 1 - 1e-12)).median().item()
-    for _ in range(passes):
-        for layer in layers.values():
-            lam = layer._schedule(layer.iterations)[-1]          # the last iteration's lambda decides the output
-            layer.beta_a += (math.log(target / (1 - target)) - median_logit(layer)) / lam
-    return {name: torch.sigmoid(torch.tensor(median_logit(layer))).item() for name, layer in layers.items()}
+    goal = math.log(target / (1 - target))
+    pose, act = net.primary_caps(net.conv1(x))
+    medians = {}
+    for name in ('conv_caps1', 'conv_caps2', 'class_caps'):
+        layer = getattr(net, name)
+        lam = layer._schedule(layer.iterations)[-1]          # the last iteration's lambda decides the output
+        def error(beta_a):                                   # each type's median logit minus the goal
+            layer.beta_a.copy_(beta_a)
+            return torch.logit(layer(pose, act)[1].double().clamp(1e-12, 1 - 1e-12)).flatten(0, -2).median(0).values - goal
+        beta, err, jac, steps = layer.beta_a.double().clone(), None, None, 0
+        err = error(beta)
+        while err.abs().max() > tol and steps < max_steps:
+            if jac is None:                                  # finite differences, one layer evaluation per type
+                h, eye = 0.25 / lam, torch.eye(len(beta), dtype=beta.dtype)
+                jac, steps = torch.stack([(error(beta + h * eye[k]) - err) / h for k in range(len(beta))], 1), steps + 1
+            step = torch.linalg.lstsq(jac, -err[:, None]).solution[:, 0]
+            step = step * min(1.0, 4 / (lam * step.abs().max()).item())   # at most 4 logits per type per step
+            new = error(beta + step); steps += 1
+            if new.abs().max() > 0.5 * err.abs().max(): jac = None          # too slow: a fresh Jacobian
+            beta, err = beta + step, new
+        layer.beta_a.copy_(beta)
+        pose, act = layer(pose, act)
+        medians[name] = act.flatten(0, -2).median(0).values.float()
+        if err.abs().max() > tol:
+            warnings.warn(f"calibrate_activations: {name}'s type medians lie in {medians[name].min():.3f} to "
+                          f"{medians[name].max():.3f} after {max_steps} steps, not within {tol} logits of {target}")
+    return medians
+
