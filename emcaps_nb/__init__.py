@@ -12,7 +12,7 @@ from .layers import VARIANTS, PrimaryCaps, ConvCaps, ClassCaps, CapsNet, calibra
 from .loss import spread_loss, spread_loss_margin
 from .data import DATASETS, DatasetNotFoundError, ImageDataset, RandomShift, SmallNORB, get_dataset, read_idx, read_norb
 from .baseline import CNNBaseline
-from .training import (MODEL_CONFIGS, CheckpointError, TrainConfig, TrainResult, build_model, evaluate, load_checkpoint,
+from .training import (MODEL_CONFIGS, CheckpointError, DivergenceError, non_finite, TrainConfig, TrainResult, build_model, evaluate, load_checkpoint,
                        load_model, save_checkpoint, select_device, source_commit, train)
 from .analysis import PoseDecoder, adversarial_accuracy, attack_loss, bim, class_routing_trace, fgsm, fit_pose_decoder, perturb_pose
 # emcaps_nb.results, emcaps_nb.ablation, emcaps_nb.toynorb and emcaps_nb.bench are imported on their own (each is also run with python -m)

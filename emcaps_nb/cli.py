@@ -6,14 +6,14 @@
 __all__ = ['COMMANDS', 'train_cmd', 'eval_checkpoint', 'eval_cmd', 'parser', 'main']
 
 # %% ../nbs/07a_cli.ipynb #a2c901e9
-import json, pathlib, sys
+import json, os, pathlib, signal, sys
 
 from fastcore.meta import delegates
 from fastcore.script import anno_parser
 
 from .data import DatasetNotFoundError
 from .data import get_dataset
-from .training import (MODEL_CONFIGS, CheckpointError, TrainConfig, limit_dataset, count_classes, autocast_dtype, evaluate,
+from .training import (MODEL_CONFIGS, CheckpointError, DivergenceError, TrainConfig, limit_dataset, count_classes, autocast_dtype, evaluate,
                                  load_model, select_device, train)
 
 # %% ../nbs/07a_cli.ipynb #ab1672f7
@@ -45,13 +45,15 @@ def train_cmd(
     checkpoint_every: int = None, # also checkpoint every N steps inside an epoch
     views: str = None,          # smallnorb/toynorb: train and test on a viewpoint subset (azimuth-familiar, elevation-familiar, ...)
     keep_epochs: bool = False,  # also keep every epoch's checkpoint as epoch-N.pt
+    max_bad_steps: int = None,  # stop (exit status 3) after N consecutive steps with a non-finite loss or gradient (default 20)
+    clip_grad_norm: float = None, # clip the gradients' global norm to this before each step
 ) -> dict:
     "Train a capsule network and print its test accuracy."
     given = dict(dataset=dataset, model=config or model, epochs=epochs, batch_size=batch_size, iterations=iterations, lr=lr,
                  inverse_temperature=_lambda(inverse_temperature), variant=variant, spatial_routing=_on_off(spatial_routing), device=device, amp=amp, workers=workers, seed=seed,
                  root=root, download=download or None, train_limit=train_limit, test_limit=test_limit,
                  compile=compile or None, augment=False if no_augment else None, checkpoint_every=checkpoint_every,
-                 views=views, keep_epochs=keep_epochs or None)
+                 views=views, keep_epochs=keep_epochs or None, max_bad_steps=max_bad_steps, clip_grad_norm=clip_grad_norm)
     given = {k: v for k, v in given.items() if v is not None}
     saved = _saved_config(out) if resume else None
     if resume and not (pathlib.Path(out) / 'last.pt').exists() and not (given.keys() - {'epochs'}):
@@ -180,10 +182,18 @@ def main(argv: list | None = None) -> int:
         return 0 if argv[:1] in (['-h'], ['--help']) else 2
     args = vars(parser(argv[0]).parse_args(_dashes(argv[1:])))
     args.pop('pdb', None); args.pop('xtra', None)
-    try: COMMANDS[argv[0]](**args)
+    try:
+        COMMANDS[argv[0]](**args)
+        sys.stdout.flush()
     except (ValueError, FileExistsError, FileNotFoundError, DatasetNotFoundError, CheckpointError) as e:
         print(f"emcaps {argv[0]}: error: {e}", file=sys.stderr)
         return 2
+    except DivergenceError as e:
+        print(f"emcaps {argv[0]}: {e}", file=sys.stderr)
+        return 3
+    except BrokenPipeError:   # the reader went away (`emcaps eval ... | head -1`): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so that the interpreter's final flush cannot fail
+        return 128 + signal.SIGPIPE if hasattr(signal, 'SIGPIPE') else 1
     return 0
 
 # %% ../nbs/07a_cli.ipynb #a9ddf637

@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['MODEL_CONFIGS', 'CHECKPOINT_FORMAT', 'TRAINABILITY_RUNS', 'build_model', 'TrainConfig', 'select_device',
-           'autocast_dtype', 'GlobalBatchSampler', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'rng_state',
-           'set_rng_state', 'Dist', 'init_distributed', 'class_scores', 'model_loss', 'evaluate', 'limit_dataset',
-           'count_classes', 'hardware', 'source_commit', 'TrainResult', 'train', 'load_model']
+           'autocast_dtype', 'GlobalBatchSampler', 'CheckpointError', 'DivergenceError', 'non_finite',
+           'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state', 'Dist', 'init_distributed',
+           'class_scores', 'model_loss', 'evaluate', 'limit_dataset', 'count_classes', 'hardware', 'source_commit',
+           'TrainResult', 'train', 'load_model']
 
 # %% ../nbs/07_training.ipynb #b7ee6dca
 import json, os, pathlib, platform, random, time
@@ -94,10 +95,12 @@ class TrainConfig:
     checkpoint_every: int = 0        # also checkpoint every this many steps inside an epoch (0: at epoch ends only)
     views: str | None = None         # smallNORB/toynorb only: train and test on a viewpoint subset, e.g. 'azimuth-familiar'
     keep_epochs: bool = False        # also keep every epoch's checkpoint as epoch-N.pt (to pick a model by its test error)
+    max_bad_steps: int = 20          # stop (DivergenceError) after this many consecutive steps with a non-finite loss or gradient
+    clip_grad_norm: float | None = None # clip the gradients' global norm to this before each step (None: no clipping)
 
     def __post_init__(self):
         if self.model not in MODEL_CONFIGS: raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_CONFIGS)}")
-        for name in ('epochs', 'batch_size', 'iterations', 'eval_batch_size', 'log_every'):
+        for name in ('epochs', 'batch_size', 'iterations', 'eval_batch_size', 'log_every', 'max_bad_steps'):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.views is not None:
@@ -107,6 +110,8 @@ class TrainConfig:
         if self.amp not in ('auto', 'bf16', 'off'): raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
         if self.variant not in VARIANTS: raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {self.variant!r}")
         if self.spatial_routing not in (None, True, False): raise ValueError(f"spatial_routing must be true, false or null, got {self.spatial_routing!r}")
+        if self.clip_grad_norm is not None and not (isinstance(self.clip_grad_norm, (int, float)) and self.clip_grad_norm > 0):
+            raise ValueError(f"clip_grad_norm must be a positive number or None, got {self.clip_grad_norm!r}")
         lam = self.inverse_temperature
         if lam != 'article' and not (isinstance(lam, (int, float)) and lam > 0):
             raise ValueError(f"inverse_temperature must be a positive number or 'article', got {lam!r}")
@@ -162,11 +167,23 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 CHECKPOINT_FORMAT = 'emcaps_nb.checkpoint/1'
 
 class CheckpointError(ValueError):
-    "A file that is not a readable emcaps_nb checkpoint."
+    "A file that is not a readable emcaps_nb checkpoint, or a state that must not become one."
+
+class DivergenceError(RuntimeError):
+    "Training stopped: too many consecutive steps with a non-finite loss or gradient, or non-finite weights."
+
+def non_finite(state, name='') -> str | None:
+    "The name of the first floating-point tensor in `state` (nested dicts, lists, tuples) that holds a NaN or an infinity."
+    if isinstance(state, Tensor): return name or 'tensor' if state.is_floating_point() and not torch.isfinite(state).all() else None
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for k, v in items:
+        if (found := non_finite(v, f'{name}.{k}' if name else str(k))): return found
+    return None
 
 # %% ../nbs/07_training.ipynb #563cb653
 def save_checkpoint(path, state: dict):
-    "Write `state` to `path` atomically: a temporary file in the same directory, fsync, then rename."
+    "Write `state` to `path` atomically: a temporary file in the same directory, fsync, then rename. Refuses non-finite tensors."
+    if (bad := non_finite(state)): raise CheckpointError(f"refusing to write {path}: {bad} holds a NaN or an infinity")
     with atomic_path(path) as tmp, open(tmp, 'wb') as f: torch.save({'format': CHECKPOINT_FORMAT, **state}, f)
 
 # %% ../nbs/07_training.ipynb #49223c3f
@@ -181,6 +198,7 @@ def load_checkpoint(path, map_location='cpu') -> dict:
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
         found = state.get('format') if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} is not an emcaps_nb checkpoint: format {found!r}, expected {CHECKPOINT_FORMAT!r}")
+    if (bad := non_finite(state)): raise CheckpointError(f"{path} holds a NaN or an infinity in {bad}; emcaps_nb never writes one")
     return state
 
 # %% ../nbs/07_training.ipynb #30fc7c5d
@@ -332,7 +350,7 @@ class TrainResult:
 # %% ../nbs/07_training.ipynb #00cb79e9
 def _check_resume(saved: dict, cfg: TrainConfig, path):
     "A resumed run may train for more epochs (or with other workers / progress), nothing else may change."
-    free = {'epochs', 'workers', 'device', 'root', 'download', 'compile', 'checkpoint_every', 'keep_epochs'}
+    free = {'epochs', 'workers', 'device', 'root', 'download', 'compile', 'checkpoint_every', 'keep_epochs', 'max_bad_steps'}
     diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if k not in free and saved.get(k) != v}
     if diff: raise ValueError(f"cannot resume {path}: the config differs from the saved run in {diff} (saved, given)")
 
@@ -373,13 +391,14 @@ def train(
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
-    history, steps, start, partial = [], [], 0, None
+    history, steps, start, partial, bad_run = [], [], 0, None, 0   # bad_run: consecutive skipped steps
     if resume and ckpt_path and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device)
         _check_resume(state['config'], cfg, ckpt_path)
         net.load_state_dict(state['model']); opt.load_state_dict(state['optimizer']); sched.load_state_dict(state['scheduler'])
         set_rng_state(state['rng'], loader_gen)
         history, steps, start, partial = state['history'], state['steps'], state['epoch'], state.get('partial')
+        bad_run = state.get('bad_run', 0)
     elif isinstance(net, CapsNet) and cfg.variant == 'paper':   # half active at the start (notebook 05)
         calib = get_dataset(cfg.dataset, True, cfg.root, False, False)
         calibrate_activations(net, torch.stack([calib[k][0] for k in range(min(256, len(calib)))]).to(device))
@@ -392,15 +411,21 @@ def train(
     if out and ddp.main:
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / 'config.json', {**asdict(cfg), 'world_size': ddp.world_size})
+    last_good = [f'{ckpt_path} (epoch {start}{", mid-epoch" if partial else ""}, as resumed)' if resume and ckpt_path and ckpt_path.exists()
+                 else 'none (no checkpoint written yet)' if out else 'none (train(out=None) writes no checkpoint)']
     def checkpoint(epochs_done, partial=None):
+        if (bad := non_finite(net.state_dict())):   # finite steps took the weights to an overflow: stop before saving them
+            raise DivergenceError(f"training diverged: {bad} became non-finite in epoch {epochs_done + (partial is not None)}; "
+                                  f"the last good checkpoint is {last_good[0]}")
         if not (out and ddp.main): return
-        state = {'config': asdict(cfg), 'epoch': epochs_done, 'partial': partial, 'model': net.state_dict(),
+        state = {'config': asdict(cfg), 'epoch': epochs_done, 'partial': partial, 'bad_run': bad_run, 'model': net.state_dict(),
                                     'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(),
                                     'rng': rng_state(loader_gen), 'history': history, 'steps': steps,
                                     'num_classes': num_classes, 'in_channels': in_channels, 'image_size': image_size}
         save_checkpoint(ckpt_path, state)
         if cfg.keep_epochs and partial is None: save_checkpoint(out / f'epoch-{epochs_done}.pt', state)
         _write_jsonl(out / 'metrics.jsonl', history); _write_jsonl(out / 'steps.jsonl', steps)
+        last_good[0] = f"{ckpt_path} (epoch {epochs_done}" + (f", step {partial['batches_done']} of epoch {epochs_done + 1})" if partial else ")")
 
     test, began, done_here, stopped = None, time.perf_counter(), 0, False
     for epoch in range(start, cfg.epochs):
@@ -410,6 +435,7 @@ def train(
         totals = torch.zeros(3, dtype=torch.float64, device=device)   # loss sum, correct, images (this process)
         skipped = partial.get('skipped', 0) if partial else 0         # steps left out for a non-finite loss or gradient
         window = torch.zeros(3, dtype=torch.float64, device=device)   # the same over the last log_every steps
+        window_skipped = partial.get('window_skipped', 0) if partial else 0
         train_before = 0.0
         if partial:   # resume inside this epoch: same permutation, skip the batches done, sums so far on rank 0
             loader_gen.set_state(partial['loader_at_epoch_start'])
@@ -421,8 +447,8 @@ def train(
         batches = iter(loader)    # draws from loader_gen like the interrupted run did at this epoch's start
         partial = None            # the other generators were restored with the checkpoint, as they were at its step
         t0 = time.perf_counter()
-        for i, (x, y) in enumerate(_progress(batches, progress and ddp.main, desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False,
-                                             initial=sampler.skip, total=len(sampler)), start=sampler.skip):
+        bar = _progress(batches, progress and ddp.main, desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False, initial=sampler.skip, total=len(sampler))
+        for i, (x, y) in enumerate(bar, start=sampler.skip):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 scores = class_scores(model(x)).float()
@@ -431,14 +457,23 @@ def train(
             loss.backward()
             finite = torch.isfinite(loss) & torch.stack([torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None]).all()
             if ddp.world_size > 1: finite = ddp.sum(finite.float().reshape(1)) == ddp.world_size
-            if bool(finite): opt.step()
-            else: skipped += 1
-            batch = torch.stack([loss.detach().double() * len(y), (scores.argmax(1) == y).sum().double(), totals.new_tensor(len(y))])
-            totals += batch; window += batch
+            if bool(finite):   # a step with a non-finite loss or gradient leaves weights, optimiser and schedule untouched
+                if cfg.clip_grad_norm: nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad_norm)
+                opt.step()
+                batch = torch.stack([loss.detach().double() * len(y), (scores.argmax(1) == y).sum().double(), totals.new_tensor(len(y))])
+                totals += batch; window += batch; bad_run = 0
+            else:
+                skipped += 1; window_skipped += 1; bad_run += 1
+                if hasattr(bar, 'set_postfix'): bar.set_postfix(skipped=skipped)
+                if bad_run >= cfg.max_bad_steps:
+                    raise DivergenceError(f"training diverged: {bad_run} consecutive steps with a non-finite loss or gradient, the last "
+                                          f"step {epoch * len(sampler) + i + 1} (epoch {epoch + 1}); the last good checkpoint is {last_good[0]}; "
+                                          f"try a lower learning rate (lr) or clip_grad_norm")
             if (i + 1) % cfg.log_every == 0 or i + 1 == len(loader):
                 w = ddp.sum(window).tolist()
-                steps.append({'epoch': epoch + 1, 'step': epoch * len(sampler) + i + 1, 'loss': w[0] / w[2], 'acc': w[1] / w[2]})
-                window.zero_()
+                steps.append({'epoch': epoch + 1, 'step': epoch * len(sampler) + i + 1, 'loss': w[0] / w[2] if w[2] else None,
+                              'acc': w[1] / w[2] if w[2] else None, **({'skipped': window_skipped} if window_skipped else {})})
+                window.zero_(); window_skipped = 0
             done_here += 1
             stop = (stop_after is not None and done_here >= stop_after) or (time_limit is not None and time.perf_counter() - began > time_limit)
             if ddp.world_size > 1 and time_limit is not None: stop = bool(ddp.sum(torch.tensor([float(stop)], device=device)).item())
@@ -446,7 +481,8 @@ def train(
             if not last and (stop or (cfg.checkpoint_every and (epoch * len(sampler) + i + 1) % cfg.checkpoint_every == 0)):
                 g_totals, g_window = ddp.sum(totals.clone()).cpu(), ddp.sum(window.clone()).cpu()
                 checkpoint(epoch, {'batches_done': i + 1, 'loader_at_epoch_start': at_epoch_start, 'totals': g_totals,
-                                   'window': g_window, 'train_s': train_before + time.perf_counter() - t0, 'skipped': skipped})
+                                   'window': g_window, 'train_s': train_before + time.perf_counter() - t0, 'skipped': skipped,
+                                   'window_skipped': window_skipped})
                 ddp.barrier()
             if stop and not last: stopped = True; break
         if stopped: break
@@ -456,14 +492,16 @@ def train(
         sched.step()
         t1 = time.perf_counter()
         test = evaluate(net, test_ds, num_classes, cfg.eval_batch_size, device, amp, ddp)
-        row = {'epoch': epoch + 1, 'margin': margin, 'lr': lr, 'train_loss': loss_sum / images, 'train_acc': correct / images,
+        row = {'epoch': epoch + 1, 'margin': margin, 'lr': lr, 'train_loss': loss_sum / images if images else None,
+               'train_acc': correct / images if images else None,
                'test_acc': test['accuracy'], 'train_images': int(images), 'images_per_s': images / train_s,
                'train_s': train_s, 'eval_s': time.perf_counter() - t1, 'skipped_steps': skipped,
                'activation_lead': test['activation_lead'], 'constant_loss': (num_classes - 1) * margin ** 2}
         history.append(row)
         if log and ddp.main:
-            print(f"epoch {epoch + 1}/{cfg.epochs}  margin {margin:.1f}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.4f}  "
-                  f"test acc {row['test_acc']:.4f}  {row['images_per_s']:.1f} img/s  {train_s:.0f}s", flush=True)
+            trained = f"loss {row['train_loss']:.4f}  train acc {row['train_acc']:.4f}" if images else 'no step taken'
+            print(f"epoch {epoch + 1}/{cfg.epochs}  margin {margin:.1f}  {trained}  "
+                  f"test acc {row['test_acc']:.4f}  {row['images_per_s']:.1f} img/s  {train_s:.0f}s" + (f"  skipped {skipped} steps" if skipped else ''), flush=True)
         checkpoint(epoch + 1)
         ddp.barrier()
         if (stop_after is not None and done_here >= stop_after) or (time_limit is not None and time.perf_counter() - began > time_limit):

@@ -8,7 +8,7 @@ NBS = sorted((ROOT / 'nbs').glob('[0-9]*.ipynb'))
 API = ['CapsNet', 'PrimaryCaps', 'ConvCaps', 'ClassCaps', 'em_routing', 'em_routing_steps', 'm_step', 'e_step',
        'inverse_temperature_schedule', 'coord_addition', 'spread_loss', 'spread_loss_margin', 'kernel_tile',
        'mat_transform', 'fit_gmm', 'routing_explorer', 'explore_routing', 'em_routing_fast', 'get_dataset', 'SmallNORB', 'DatasetNotFoundError',
-       'train', 'TrainConfig', 'evaluate', 'load_model', 'build_model', 'save_checkpoint', 'load_checkpoint', 'CheckpointError', 'CNNBaseline',
+       'train', 'TrainConfig', 'evaluate', 'load_model', 'build_model', 'save_checkpoint', 'load_checkpoint', 'CheckpointError', 'DivergenceError', 'non_finite', 'CNNBaseline',
        'fgsm', 'bim', 'adversarial_accuracy', 'class_routing_trace', 'PoseDecoder', 'fit_pose_decoder', 'perturb_pose',
        'CHUNK_MB', 'source_commit', 'vote_and_route', 'cpu_kernel', 'BACKENDS', 'coord_offsets',
        'paper_schedule', 'COSTS', 'e_step_logits', 'spatial_em_routing', 'spatial_children', 'child_softmax', 'VARIANTS',

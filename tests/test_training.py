@@ -33,6 +33,11 @@ def test_emcaps_train_learns_and_eval_agrees(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"test accuracy {summary['test_acc']:.4f} on 1000 images" in r.stdout
     assert len(r.stdout.strip().splitlines()) == 2 + 10   # header line, column header, 10 rows of the confusion matrix
+    # the reader is gone before the first line, as in `emcaps eval ... | true`: a quiet end with SIGPIPE's status, no traceback
+    p = subprocess.Popen(_emcaps() + ['eval', '--checkpoint', 'run/last.pt'], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode(); p.wait(timeout=300)
+    assert (p.returncode, err) == (141, ''), (p.returncode, err)
 
 
 def test_emcaps_errors_are_one_line(tmp_path):
