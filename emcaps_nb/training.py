@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .files import atomic_path, atomic_write
+from .files import atomic_path, atomic_write, stale_temporaries
 from .layers import VARIANTS, CapsNet, calibrate_activations
 from .baseline import CNNBaseline
 from .loss import spread_loss, spread_loss_margin
@@ -410,6 +410,7 @@ def train(
                         pin_memory=device.type == 'cuda', persistent_workers=False)
     if out and ddp.main:
         out.mkdir(parents=True, exist_ok=True)
+        for f in stale_temporaries(out): f.unlink(missing_ok=True)   # half-written files of a killed run (notebook 00a)
         _write_json(out / 'config.json', {**asdict(cfg), 'world_size': ddp.world_size})
     last_good = [f'{ckpt_path} (epoch {start}{", mid-epoch" if partial else ""}, as resumed)' if resume and ckpt_path and ckpt_path.exists()
                  else 'none (no checkpoint written yet)' if out else 'none (train(out=None) writes no checkpoint)']

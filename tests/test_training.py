@@ -137,3 +137,46 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     r = _sh(_emcaps() + ['train', '--resume', '--out', 'fresh', '--config', 'tiny', '--epochs', '1', '--train-limit', '32',
                          '--test-limit', '20', '--batch-size', '16', '--no-progress'], tmp_path)
     assert r.returncode == 0 and (tmp_path / 'fresh' / 'last.pt').exists(), r.stderr
+
+
+def test_kill_9_at_any_moment_loses_nothing(tmp_path):
+    """SIGKILL at 5 random moments of a run (fixed seed; before its first checkpoint, mid-epoch, during evaluation, while
+    writing), `--resume` after each: every checkpoint on disk stays loadable, and the end equals an uninterrupted run bit
+    for bit (weights, metrics, step log, every kept epoch)."""
+    import random, signal, time
+    from emcaps_nb.training import load_checkpoint
+    args = ['--config', 'tiny', '--epochs', '3', '--batch-size', '16', '--train-limit', '64', '--test-limit', '40',
+            '--checkpoint-every', '1', '--keep-epochs', '--no-progress']
+
+    def start(out):   # the process, and the moment it began training (config.json written after the model is built)
+        cfg = tmp_path / out / 'config.json'
+        inode = lambda: cfg.stat().st_ino if cfg.exists() else None   # written through os.replace: a new file each start
+        old = inode()
+        p = subprocess.Popen(_emcaps() + ['train', *args, '--out', out, '--resume'], cwd=tmp_path, env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while p.poll() is None and inode() in (None, old): time.sleep(0.01)
+        return p, time.perf_counter()
+
+    p, began = start('straight')
+    assert p.wait(timeout=600) == 0, p.stderr.read().decode()
+    training = time.perf_counter() - began   # 12 steps, 3 evaluations, 15 checkpoints
+    rng, moments = random.Random(0), []
+    for delay in [0.0] + [rng.uniform(0.05, 0.4) * training for _ in range(4)]:   # the first before any checkpoint
+        p, began = start('killed')
+        time.sleep(max(0.0, delay - (time.perf_counter() - began)))
+        if p.poll() is None: p.send_signal(signal.SIGKILL)
+        assert p.wait() == -signal.SIGKILL, f'ended before the kill at {delay:.2f} s: {p.stderr.read().decode()}'
+        moments.append([load_checkpoint(c)['epoch'] for c in sorted((tmp_path / 'killed').glob('[!.]*.pt'))])   # raises on a torn file
+    print(f'training takes {training:.1f} s; after each kill, the epochs of the checkpoints on disk: {moments}')
+    assert moments[0] == [] and moments[-1] != [], moments
+    p, _ = start('killed')
+    assert p.wait(timeout=600) == 0, p.stderr.read().decode()
+    a, b = load_checkpoint(tmp_path / 'straight' / 'last.pt'), load_checkpoint(tmp_path / 'killed' / 'last.pt')
+    for k, v in a['model'].items(): assert torch.equal(v, b['model'][k]), k
+    assert not [f.name for f in (tmp_path / 'killed').iterdir() if f.name.startswith('.')]   # no temporary left behind
+    timing = ('train_s', 'eval_s', 'images_per_s')
+    strip = lambda h: [{k: v for k, v in row.items() if k not in timing} for row in h]
+    assert strip(a['history']) == strip(b['history']) and a['steps'] == b['steps'] and len(a['history']) == 3
+    for n in (1, 2, 3):
+        ea, eb = load_checkpoint(tmp_path / 'straight' / f'epoch-{n}.pt'), load_checkpoint(tmp_path / 'killed' / f'epoch-{n}.pt')
+        for k, v in ea['model'].items(): assert torch.equal(v, eb['model'][k]), (n, k)
