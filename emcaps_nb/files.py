@@ -32,7 +32,7 @@ def atomic_write(path, data: str | bytes):
     "Write `data` (text as UTF-8) to `path` atomically."
     with atomic_path(path) as tmp: tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
-# %% ../nbs/00a_files.ipynb #8268f353
+# %% ../nbs/00a_files.ipynb #d0880277
 _TEMPORARY = re.compile(r'^\.[^/]*\.(\d+)\.[0-9a-f]{8}\.tmp')
 
 def _running(pid: int) -> bool:

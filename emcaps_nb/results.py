@@ -14,7 +14,7 @@ from torch.utils.data import Subset
 
 from .analysis import ATTACK_LOSSES, PoseDecoder, adversarial_accuracy, class_routing_trace, fit_pose_decoder
 from .data import get_dataset
-from .cli import eval_checkpoint
+from .training import eval_checkpoint
 from .training import load_checkpoint, load_model
 from .files import atomic_path, atomic_write
 

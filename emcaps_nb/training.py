@@ -7,7 +7,7 @@ __all__ = ['MODEL_CONFIGS', 'CHECKPOINT_FORMAT', 'TRAINABILITY_RUNS', 'build_mod
            'autocast_dtype', 'GlobalBatchSampler', 'CheckpointError', 'DivergenceError', 'non_finite',
            'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state', 'Dist', 'init_distributed',
            'class_scores', 'model_loss', 'evaluate', 'limit_dataset', 'count_classes', 'hardware', 'source_commit',
-           'TrainResult', 'train', 'load_model']
+           'TrainResult', 'train', 'load_model', 'eval_checkpoint']
 
 # %% ../nbs/07_training.ipynb #b7ee6dca
 import json, os, pathlib, platform, random, time
@@ -533,6 +533,34 @@ def load_model(
                       image_size=state['image_size'], variant=cfg.variant, spatial_routing=cfg.spatial_routing)
     net.load_state_dict(state['model'])
     return net.to(map_location).eval(), cfg
+
+# %% ../nbs/07_training.ipynb #ed12267b
+def eval_checkpoint(
+    checkpoint,                 # a last.pt written by emcaps train
+    dataset: str = None,        # dataset to test on (default: the one it was trained on)
+    iterations: int = None,     # EM routing iterations (default: as trained)
+    device: str = 'auto',       # auto, cpu, cuda, mps
+    batch_size: int = 200,
+    root: str = None,           # folder of downloaded or official dataset files (default: as trained)
+    download: bool = False,     # download the dataset if it is missing
+    limit: int = None,          # test on the first N images only
+    views: str = None,          # smallnorb/toynorb: test on a viewpoint subset (default: as trained), e.g. azimuth-novel
+) -> dict:
+    "A checkpoint's test accuracy and confusion matrix (rows: true class, columns: predicted), as `emcaps eval` reports them."
+    dev = select_device(device)
+    net, cfg = load_model(checkpoint, map_location=dev, iterations=iterations)
+    name = dataset or cfg.dataset
+    ds = get_dataset(name, False, root or cfg.root, download, False)
+    views = views or (cfg.views if name == cfg.dataset else None)
+    if views:
+        from emcaps_nb.toynorb import select_views
+        ds = select_views(ds, views)
+    ds = limit_dataset(ds, limit)
+    r = evaluate(net, ds, count_classes(ds), batch_size, dev, autocast_dtype(cfg.amp, dev))
+    capsules = MODEL_CONFIGS[cfg.model]['kind'] == 'capsules'
+    return {'checkpoint': str(checkpoint), 'dataset': name, 'model': cfg.model, 'views': views, 'iterations': (iterations or cfg.iterations) if capsules else None,
+            'accuracy': r['accuracy'], 'images': r['images'], 'confusion': r['confusion'].tolist()}
+
 
 # %% ../nbs/07_training.ipynb #45c403ca
 TRAINABILITY_RUNS = [('article', 2), (0.1, 2), (0.01, 2), (0.01, 3)]   # (inverse temperature, routing iterations)

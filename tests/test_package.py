@@ -153,7 +153,6 @@ KNOWN_LAYERING_BREACHES = {
     'bench -> loss': 'notebook 05b imports 06 (the training-step case uses the spread loss)',
     'data -> toynorb': "06a's get_dataset('toynorb') imports 06c, which imports 06a",
     'layers -> fast_routing': 'notebook 05 imports 05a',
-    'results -> cli': 'results (08) uses emcaps eval (07a)',
 }
 
 
