@@ -166,6 +166,9 @@ def main(argv: list | None = None) -> int:
     except BrokenPipeError:   # the reader went away (`emcaps eval ... | head -1`): stop quietly, as a shell tool does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so that the interpreter's final flush cannot fail
         return 128 + signal.SIGPIPE if hasattr(signal, 'SIGPIPE') else 1
+    except OSError as e:      # a full or read-only disk: every file is written atomically, so what was there is intact
+        print(f"emcaps {argv[0]}: error: {e}; files written before are intact", file=sys.stderr)
+        return 2
     return 0
 
 # %% ../nbs/07a_cli.ipynb #a9ddf637
