@@ -19,7 +19,7 @@ CASES = {  # name: (default batch, routing shape without the batch)
     'convcaps1-layer': (8, None),    # the ConvCaps1 layer (votes made inside), each position routing on its own
     'convcaps1-spatial': (8, None),  # the same layer with children shared by overlapping parents
 }
-IMPLS = ('literal', 'fast-torch', 'fast')
+IMPLS = ('literal', 'chunked', 'cpp')   # the names of the layers' routing and of em_routing_fast's backend
 
 # %% ../nbs/05b_bench.ipynb #e78576af
 def _status_kb(field):
@@ -52,7 +52,7 @@ def _make_step(case, impl, batch, device, dtype):
     from emcaps_nb.loss import spread_loss
     g = torch.Generator().manual_seed(0)
     if case == 'train_step':
-        net = CapsNet(routing='literal' if impl == 'literal' else 'fast').to(device)
+        net = CapsNet(routing=impl).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=3e-3)
         x = torch.randn(batch, 1, 28, 28, generator=g).to(device)
         y = torch.randint(0, 10, (batch,), generator=g).to(device)
@@ -62,7 +62,7 @@ def _make_step(case, impl, batch, device, dtype):
             opt.step()
         return step
     if case.startswith('convcaps1-'):   # the paper's ConvCaps1: 14x14 grid of 32 types, K = 3, stride 2, 3 iterations
-        layer = ConvCaps(32, 32, 3, stride=2, routing='literal' if impl == 'literal' else 'fast',
+        layer = ConvCaps(32, 32, 3, stride=2, routing=impl,
                          spatial_routing=case.endswith('spatial')).to(device, dtype)
         pose = torch.randn(batch, 14, 14, 32, 4, 4, generator=g, dtype=dtype).to(device).requires_grad_()
         act = torch.rand(batch, 14, 14, 32, generator=g, dtype=dtype).to(device).requires_grad_()
@@ -71,7 +71,7 @@ def _make_step(case, impl, batch, device, dtype):
             (p.square().mean() + a.sum()).backward()
         return step
     shape = (batch, *CASES[case][1])
-    route = {'literal': em_routing, 'fast-torch': partial(em_routing_fast, backend='torch'), 'fast': em_routing_fast}[impl]
+    route = em_routing if impl == 'literal' else partial(em_routing_fast, backend=impl)
     votes = torch.randn(*shape, generator=g, dtype=dtype).to(device).requires_grad_()
     a_in = torch.rand(*shape[:-2], generator=g, dtype=dtype).to(device).requires_grad_()
     beta_v, beta_a = (torch.zeros(shape[-2], dtype=dtype, device=device, requires_grad=True) for _ in range(2))
@@ -97,23 +97,15 @@ def measure(
     if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats(dev)
     from emcaps_nb.fast_routing import cpu_kernel
     cpu_kernel()   # compiled or loaded before the peak is reset
-    saved = os.environ.get('EMCAPS_NB_KERNEL')
-    if impl == 'fast-torch': os.environ['EMCAPS_NB_KERNEL'] = '0'   # the layers' routing falls back to PyTorch
-    cpu_kernel.cache_clear()
     memory = _start_peak()
-    try:
-        step = _make_step(case, impl, batch, dev, dtype)
-        times = []
-        for k in range(repeats + 1):
-            if dev.type == 'cuda': torch.cuda.synchronize(dev)
-            start = time.perf_counter()
-            step()
-            if dev.type == 'cuda': torch.cuda.synchronize(dev)
-            if k: times.append(time.perf_counter() - start)   # the first run is the warm-up
-    finally:
-        if saved is None: os.environ.pop('EMCAPS_NB_KERNEL', None)
-        else: os.environ['EMCAPS_NB_KERNEL'] = saved
-        cpu_kernel.cache_clear()
+    step = _make_step(case, impl, batch, dev, dtype)
+    times = []
+    for k in range(repeats + 1):
+        if dev.type == 'cuda': torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        step()
+        if dev.type == 'cuda': torch.cuda.synchronize(dev)
+        if k: times.append(time.perf_counter() - start)   # the first run is the warm-up
     return {'case': case, 'impl': impl, 'device': str(dev), 'dtype': str(dtype).replace('torch.', ''), 'batch': batch,
             'images_per_s': round(batch / statistics.median(times), 3), 'peak_mb': round(_peak_mb(dev, memory), 1)}
 
@@ -139,7 +131,7 @@ def main(argv=None):
     batch, repeats = (2, 1) if args.quick else (args.batch, args.repeats)
     rows = []
     for case in args.case or list(CASES):
-        for impl in args.impl or IMPLS:
+        for impl in args.impl or [i for i in IMPLS if i != 'cpp' or torch.device(args.device).type == 'cpu']:
             rows.append(run_isolated(case, impl, batch, args.device, repeats))
             print(json.dumps(rows[-1]), flush=True)
     return rows

@@ -255,17 +255,19 @@ class _CpuStep(torch.autograd.Function):
         return g_pose, g_W, g_a, g_bv, g_ba, g_rr, None, None, None, None, None
 
 # %% ../nbs/05a_fast_routing.ipynb #a938bb70
-BACKENDS = ('auto', 'cpp', 'torch')
+BACKENDS = ('auto', 'cpp', 'chunked')
 
 def _backend(backend: str, device: torch.device) -> str:
-    "Which implementation routes: the compiled kernel ('cpp') or the chunked PyTorch routing ('torch')."
+    "Which implementation routes: the compiled kernel ('cpp') or the chunked PyTorch routing ('chunked')."
+    if backend == 'torch':   # its name before the one vocabulary of notebook 05b
+        warnings.warn("backend='torch' is now backend='chunked'", DeprecationWarning, stacklevel=3); backend = 'chunked'
     if backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == 'torch': return 'torch'
+    if backend == 'chunked': return 'chunked'
     if device.type == 'cpu' and cpu_kernel() is not None: return 'cpp'
     if backend == 'cpp':
         raise RuntimeError(f"backend='cpp' needs tensors on the CPU and the compiled kernel; got device {device}"
                            + ('' if device.type != 'cpu' else ' and no kernel (see the warning of cpu_kernel())'))
-    return 'torch'
+    return 'chunked'
 
 # %% ../nbs/05a_fast_routing.ipynb #64ad13fb
 CHUNK_MB = {'cpu': 16.0, 'cuda': 256.0}  # default chunk size by device type (measured: see below)
@@ -277,8 +279,8 @@ def em_routing_fast(
     beta_a: Tensor,          # broadcastable to (..., O)
     iterations: int = 3,     # routing iterations
     schedule: Schedule = inverse_temperature_schedule, # iterations -> list of lambda
-    chunk_mb: float | None = None, # 'torch' backend: votes routed at once, in MB of the routing dtype; None: CHUNK_MB[device type]
-    backend: str = 'auto',   # 'auto', 'cpp' (the compiled CPU kernel) or 'torch' (chunked PyTorch)
+    chunk_mb: float | None = None, # 'chunked' backend: votes routed at once, in MB of the routing dtype; None: CHUNK_MB[device type]
+    backend: str = 'auto',   # 'auto', 'cpp' (the compiled CPU kernel) or 'chunked' (chunked PyTorch)
     cost: str = 'article',   # the M-step's activation cost: 'article' or 'paper' (notebook 02)
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
 ) -> tuple[Tensor, Tensor]:  # pose (..., O, h) and activation a_out (..., O)
@@ -310,7 +312,7 @@ def vote_and_route(
     iterations: int = 3,     # routing iterations
     schedule: Schedule = inverse_temperature_schedule, # iterations -> list of lambda
     offset: Tensor | None = None, # (I, P*P), added to every vote of input i (ClassCaps' coordinate addition)
-    chunk_mb: float | None = None, # 'torch' backend only, as in em_routing_fast
+    chunk_mb: float | None = None, # 'chunked' backend only, as in em_routing_fast
     backend: str = 'auto',   # as in em_routing_fast
     cost: str = 'article',   # the M-step's activation cost: 'article' or 'paper' (notebook 02)
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
@@ -329,10 +331,10 @@ def vote_and_route(
             raise ValueError(f"children needs pose shaped (N, OH, OW, I, P, P), children (OH, OW, I) and no offset; "
                              f"got pose {tuple(pose.shape)}, children {tuple(children.shape)}")
         return _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale)
-    if _backend(backend, pose.device) == 'torch':
+    if _backend(backend, pose.device) == 'chunked':
         votes = mat_transform(pose.unflatten(-3, (I // Iw, Iw)), W).flatten(-4, -3)   # (..., I, O, h)
         if offset is not None: votes = votes + offset[:, None, :]
-        return em_routing_fast(votes, a_in, beta_v, beta_a, iterations, schedule, chunk_mb, 'torch', cost, cost_scale)
+        return em_routing_fast(votes, a_in, beta_v, beta_a, iterations, schedule, chunk_mb, 'chunked', cost, cost_scale)
     lambdas = check_routing(torch.empty(*lead, I, O, H, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
     dtype = torch.promote_types(pose.dtype, W.dtype)
     ct = routing_dtype(torch.empty(0, dtype=dtype))
@@ -349,7 +351,7 @@ def vote_and_route(
 def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale):
     "vote_and_route with children shared by overlapping parents: the kernel one iteration at a time, or spatial_em_routing."
     (N, OH, OW, I), (Iw, O, P, _) = pose.shape[:4], W.shape
-    if _backend(backend, pose.device) == 'torch':
+    if _backend(backend, pose.device) == 'chunked':
         votes = mat_transform(pose.unflatten(-3, (I // Iw, Iw)), W).flatten(-4, -3)   # (N, OH, OW, I, O, h)
         return spatial_em_routing(votes, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale)
     lambdas = check_routing(torch.empty(N, OH, OW, I, O, P * P, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)

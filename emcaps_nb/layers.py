@@ -36,10 +36,12 @@ class PrimaryCaps(nn.Module):
         return pose, torch.sigmoid(self.activation(x)).permute(0, 2, 3, 1)  # (n, h, w, b)
 
 # %% ../nbs/05_layers.ipynb #44c8e02e
-ROUTINGS = ('fast', 'literal')
+ROUTINGS = ('auto', 'literal', 'chunked', 'cpp')   # 'auto': the kernel on the CPU, else chunked (notebook 05a)
 
 # %% ../nbs/05_layers.ipynb #d43feb2a
 def _routing(name):
+    if name == 'fast':   # its name before the one vocabulary of notebook 05b
+        warnings.warn("routing='fast' is now routing='auto'", DeprecationWarning, stacklevel=3); name = 'auto'
     if name not in ROUTINGS: raise ValueError(f"routing must be one of {sorted(ROUTINGS)}, got {name!r}")
     return name
 
@@ -79,7 +81,7 @@ def _schedule_repr(layer):
 # %% ../nbs/05_layers.ipynb #0def6060
 class ConvCaps(nn.Module):
     "Convolutional capsule layer with EM routing: B input capsule types to C output types."
-    def __init__(self, B: int = 32, C: int = 32, K: int = 3, stride: int = 1, iterations: int = 3, routing: str = 'fast',
+    def __init__(self, B: int = 32, C: int = 32, K: int = 3, stride: int = 1, iterations: int = 3, routing: str = 'auto',
                  lambda_min: float = 1.0, lambda_max: float | None = None,
                  cost: str = 'article',           # the M-step's activation cost (notebook 02)
                  cost_scale: float | None = None, # 'paper' only; None: cost_scale_rule of the layer's shape
@@ -114,8 +116,8 @@ class ConvCaps(nn.Module):
         route = (self.beta_v, self.beta_a, self.iterations, self._schedule)
         cost = dict(cost=self.cost, cost_scale=self.cost_scale_for(H, W) if self.cost == 'paper' else 1.0)
         children = spatial_children(H, W, self.K, self.stride, self.B, pose.device) if self.spatial_routing else None
-        if self.routing == 'fast':   # votes made inside the routing (never stored by the CPU kernel)
-            pose_out, a_out = vote_and_route(patches, self.W, a_in, *route, children=children, **cost)
+        if self.routing != 'literal':   # votes made inside the routing (never stored by the CPU kernel)
+            pose_out, a_out = vote_and_route(patches, self.W, a_in, *route, children=children, backend=self.routing, **cost)
         elif self.spatial_routing:
             pose_out, a_out = spatial_em_routing(mat_transform(patches, self.W), a_in, *route[:2], children, *route[2:], **cost)
         else:
@@ -129,7 +131,7 @@ class ConvCaps(nn.Module):
 # %% ../nbs/05_layers.ipynb #2873da97
 class ClassCaps(nn.Module):
     "Class capsules: D capsule types on an H x W grid to E classes, W shared over positions, with coordinate addition."
-    def __init__(self, D: int = 32, E: int = 10, iterations: int = 3, coord_add: bool = True, routing: str = 'fast',
+    def __init__(self, D: int = 32, E: int = 10, iterations: int = 3, coord_add: bool = True, routing: str = 'auto',
                  lambda_min: float = 1.0, lambda_max: float | None = None,
                  cost: str = 'article',           # the M-step's activation cost (notebook 02)
                  cost_scale: float | None = None, # 'paper' only; None: cost_scale_rule, 100 E / (H W D)
@@ -158,10 +160,10 @@ class ClassCaps(nn.Module):
         n, h, w, d = act.shape
         route = (self.beta_v, self.beta_a, self.iterations, self._schedule)
         cost = dict(cost=self.cost, cost_scale=self.cost_scale_for(h, w) if self.cost == 'paper' else 1.0)
-        if self.routing == 'fast':   # input (h, w, d) uses W[d]: W's rows repeat every D inputs
+        if self.routing != 'literal':   # input (h, w, d) uses W[d]: W's rows repeat every D inputs
             offset = coord_offsets(h, w, 16, pose.dtype, pose.device, self.coord_entries)[:, :, None].expand(h, w, d, 16).reshape(-1, 16)
             pose_out, a_out = vote_and_route(pose.reshape(n, -1, 4, 4), self.W, act.reshape(n, -1), *route,
-                                             offset=offset if self.coord_add else None, **cost)
+                                             offset=offset if self.coord_add else None, backend=self.routing, **cost)
         else:
             votes = mat_transform(pose, self.W)                  # (n, h, w, d, e, 16)
             if self.coord_add: votes = coord_addition(votes, self.coord_entries)
@@ -181,7 +183,7 @@ VARIANTS = {  # what CapsNet(variant=...) sets; an explicit argument overrides a
 class CapsNet(nn.Module):
     "Matrix capsules with EM routing: ReLU Conv1, PrimaryCaps, ConvCaps1, ConvCaps2, ClassCaps."
     def __init__(self, A: int = 32, B: int = 32, C: int = 32, D: int = 32, E: int = 10, K: int = 3,
-                 iterations: int = 3, in_channels: int = 1, routing: str = 'fast',
+                 iterations: int = 3, in_channels: int = 1, routing: str = 'auto',
                  lambda_min: float = 1.0, lambda_max: float | None = None, batch_norm: bool = False,
                  variant: str = 'article',              # 'article' or 'paper': the defaults of the four below (VARIANTS)
                  cost: str | None = None,               # the M-step's activation cost

@@ -81,7 +81,7 @@ def test_bench_command_prints_json_lines():
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [(row['case'], row['impl']) for row in rows] == [('classcaps', 'literal'), ('classcaps', 'fast-torch'), ('classcaps', 'fast')]
+    assert [(row['case'], row['impl']) for row in rows] == [('classcaps', 'literal'), ('classcaps', 'chunked'), ('classcaps', 'cpp')]
     for row in rows:
         assert set(row) == {'case', 'impl', 'device', 'dtype', 'batch', 'images_per_s', 'peak_mb'}
         assert row['batch'] == 2 and row['images_per_s'] > 0 and row['peak_mb'] > 0
@@ -89,11 +89,11 @@ def test_bench_command_prints_json_lines():
 
 def test_emcaps_bench_is_the_benchmark():
     "`emcaps bench` takes the benchmark's own options and prints its JSON lines."
-    r = subprocess.run([sys.executable, '-m', 'emcaps_nb.cli', 'bench', '--case', 'classcaps', '--impl', 'fast', '--batch', '2', '--repeats', '1'],
+    r = subprocess.run([sys.executable, '-m', 'emcaps_nb.cli', 'bench', '--case', 'classcaps', '--impl', 'cpp', '--batch', '2', '--repeats', '1'],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     (row,) = [json.loads(line) for line in r.stdout.splitlines()]
-    assert (row['case'], row['impl'], row['batch']) == ('classcaps', 'fast', 2) and row['images_per_s'] > 0
+    assert (row['case'], row['impl'], row['batch']) == ('classcaps', 'cpp', 2) and row['images_per_s'] > 0
 
 
 def test_readme_is_generated_from_the_index_notebook():

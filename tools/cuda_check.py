@@ -59,12 +59,12 @@ def network(device):
     torch.manual_seed(0)
     x = torch.randn(8, 1, 28, 28, device=device)
     y = torch.arange(8, device=device) % 10
-    nets = {r: CapsNet(routing=r, iterations=2).to(device) for r in ('literal', 'fast')}
-    nets['fast'].load_state_dict(nets['literal'].state_dict())
+    nets = {r: CapsNet(routing=r, iterations=2).to(device) for r in ('literal', 'auto')}
+    nets['auto'].load_state_dict(nets['literal'].state_dict())
     out = {r: n(x) for r, n in nets.items()}
-    err = rel_err(out['fast'][1], out['literal'][1])
+    err = rel_err(out['auto'][1], out['literal'][1])
     emit(check='capsnet_fast_vs_literal', device=device, dtype='float32', max_rel_err=err, ok=err <= 1e-4)
-    net = nets['fast']
+    net = nets['auto']
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
     for _ in range(5):

@@ -1,7 +1,7 @@
 """Write README.md from nbs/index.ipynb (what `nbdev_readme` does, without needing Quarto).
 
 Markdown cells are copied as they are (links relative to `nbs/`, `../x`, made relative to the root); code cells without a `#|` directive become ```python blocks,
-`#| echo: false` cells give their printed output only,
+`#| echo: false` cells give their printed output only (as markdown with `#| output: asis`),
 (consecutive cells without output joined into one) followed by their text output. Run it after editing the index notebook: `python tools/readme.py`.
 """
 import json, pathlib, sys
@@ -14,7 +14,7 @@ def render(nb_path) -> str:
         if cell['cell_type'] == 'markdown': parts.append(src.replace('](../', ']('))   # links relative to nbs/ -> to the root
         elif cell['cell_type'] == 'code' and src.startswith('#| echo: false'):   # output only: a number printed from results/
             text = ''.join(''.join(o.get('text', '')) for o in cell.get('outputs', []) if o.get('output_type') == 'stream')
-            if text.strip(): parts.append('    ' + text.rstrip('\n').replace('\n', '\n    '))
+            if text.strip(): parts.append(text.rstrip('\n') if '#| output: asis' in src else '    ' + text.rstrip('\n').replace('\n', '\n    '))
         elif cell['cell_type'] == 'code' and src and not src.startswith('#|'):
             code.append(src)
             text = ''.join(''.join(o.get('text', '')) if o.get('output_type') == 'stream'
