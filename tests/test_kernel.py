@@ -79,7 +79,7 @@ def test_a_damaged_library_is_rebuilt(env, tmp_path):
 def test_without_a_compiler_routing_falls_back_with_one_warning(env, tmp_path):
     env['CXX'] = str(tmp_path / 'no-such-compiler')
     got = _probe(env, tmp_path)
-    assert got['backend'] == 'torch' and got['diff'] < 1e-10
+    assert got['backend'] == 'chunked' and got['diff'] < 1e-10
     assert len(got['warnings']) == 1 and 'falls back to PyTorch' in got['warnings'][0], got['warnings']
     assert 'no-such-compiler' in got['warnings'][0]
     assert "backend='cpp' needs tensors on the CPU and the compiled kernel" in got['cpp_error']
@@ -89,7 +89,7 @@ def test_without_a_compiler_routing_falls_back_with_one_warning(env, tmp_path):
 def test_switched_off_by_environment(env, tmp_path):
     env['EMCAPS_NB_KERNEL'] = '0'
     got = _probe(env, tmp_path)
-    assert got == {'backend': 'torch', 'warnings': [], 'diff': got['diff'], 'cpp_error': got['cpp_error']}
+    assert got == {'backend': 'chunked', 'warnings': [], 'diff': got['diff'], 'cpp_error': got['cpp_error']}
     assert got['diff'] < 1e-10 and got['cpp_error']
 
 
@@ -106,7 +106,7 @@ def test_a_compiler_error_is_shown_in_full(env, tmp_path):
     "A flag the compiler rejects: the warning carries the command and the compiler's whole message."
     env['EMCAPS_NB_CXXFLAGS'] = '-fno-such-option-for-emcaps'
     got = _probe(env, tmp_path)
-    assert got['backend'] == 'torch' and len(got['warnings']) == 1
+    assert got['backend'] == 'chunked' and len(got['warnings']) == 1
     msg = got['warnings'][0]
     assert 'em_cpu.cpp' in msg and 'exited with 1' in msg and '-fno-such-option-for-emcaps' in msg.split('exited with')[-1], msg
 
