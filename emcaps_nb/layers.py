@@ -241,7 +241,7 @@ def calibrate_activations(
         def error(beta_a):                                   # each type's median logit minus the goal
             layer.beta_a.copy_(beta_a)
             return torch.logit(layer(pose, act)[1].double().clamp(1e-12, 1 - 1e-12)).flatten(0, -2).median(0).values - goal
-        beta, err, jac, steps = layer.beta_a.double().clone(), None, None, 0
+        beta, jac, steps = layer.beta_a.double().clone(), None, 0
         err = error(beta)
         while err.abs().max() > tol and steps < max_steps:
             if jac is None:                                  # finite differences, one layer evaluation per type
