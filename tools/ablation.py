@@ -17,6 +17,7 @@ VARIANTS = {  # name -> emcaps train options
     'article-schedule': ['--variant', 'article', '--inverse-temperature', 'article'],
     'paper': ['--variant', 'paper'],
     'paper-per-position': ['--variant', 'paper', '--spatial-routing', 'off'],
+    'paper-clip': ['--variant', 'paper', '--clip-grad-norm', '1'],  # a trial for 3 iterations' slow start (issue 16)
 }
 EPOCHS = {'mnist-sample': 20, 'fashion-mnist': 6}
 
@@ -60,11 +61,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--worker', default='0/1', help='k/n: take every n-th run of the grid, starting at k')
     ap.add_argument('--extra', nargs='*', default=[], help='more runs, as dataset:variant:iterations:seed')
+    ap.add_argument('--only-extra', action='store_true', help='run only the --extra runs, not the grid')
     ap.add_argument('--sync', action='store_true', help='only copy the files of runs still training to results/ablation')
     args = ap.parse_args()
     if args.sync: return sync()
     k, n = map(int, args.worker.split('/'))
-    runs = grid() + [(d, v, int(i), int(s)) for d, v, i, s in (e.split(':') for e in args.extra)]
+    runs = ([] if args.only_extra else grid()) + [(d, v, int(i), int(s)) for d, v, i, s in (e.split(':') for e in args.extra)]
     for run in runs[k::n]: train(*run)
 
 

@@ -79,6 +79,23 @@ def _link_outside(proc: pathlib.Path, cfg):
         if changed: nb_path.write_text(json.dumps(nb, indent=1))
 
 
+def _asis_outputs(nbs: pathlib.Path, proc: pathlib.Path) -> int:
+    "Cells flagged `#| output: asis` print markdown (the index's results, read from results/): make their output a markdown cell."
+    count = 0
+    for src_path in nbs.glob('*.ipynb'):
+        asis = {c.get('id') for c in json.loads(src_path.read_text())['cells']
+                if c['cell_type'] == 'code' and re.search(r'^#\|\s*output:\s*asis\s*$', ''.join(c['source']), re.M)}
+        if not asis or not (proc / src_path.name).exists(): continue
+        nb = json.loads((proc / src_path.name).read_text())
+        for k, cell in enumerate(nb['cells']):
+            if cell.get('id') in asis:
+                text = ''.join(''.join(o.get('text', '')) for o in cell.get('outputs', []) if o.get('output_type') == 'stream')
+                nb['cells'][k] = {'cell_type': 'markdown', 'id': cell['id'], 'metadata': {}, 'source': text}
+                count += 1
+        (proc / src_path.name).write_text(json.dumps(nb, indent=1))
+    return count
+
+
 def stage(n_workers: int = 2):
     "nbdev's processing of every notebook into _proc/, as `nbdev_docs` does before Quarto renders."
     # Called from Python rather than as `nbdev_proc_nbs`, which (nbdev 2.4.14) first tries to install Quarto when it is missing.
@@ -89,6 +106,7 @@ def stage(n_workers: int = 2):
     refresh_quarto_yml()   # nbdev.yml from settings.ini, as nbdev_docs does
     _notebook_sidebar(nbs)
     proc_nbs(nbs, n_workers=n_workers, force=True)
+    _asis_outputs(nbs, proc)
     _link_outside(proc, cfg)
     return cfg, proc
 
