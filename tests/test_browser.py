@@ -120,18 +120,40 @@ def test_site_page(site, browser, name):
     page.close()
 
 
-def test_site_static_widgets(site, browser):
-    "The explorer's sliders and figure are drawn from the notebook's saved widget state, with no kernel."
-    _, base = site
+def test_site_static_explorer(site, browser):
+    "The explorer on the site, without a kernel: each control swaps in the figure precomputed for its values."
+    out, base = site
+    manifest = {r['file']: r for r in json.loads((out / 'explorer' / 'manifest.json').read_text())}
     page = browser.new_page()
     seen = _watch(page, base)
     page.goto(base + 'routing_explorer.html', wait_until='networkidle')
-    page.locator('.widget-slider').first.wait_for(timeout=20_000)
-    labels = page.eval_on_selector_all('.widget-slider .widget-label', 'els => els.map(e => e.textContent)')
-    assert labels == ['λ', 'iterations'], labels
-    assert page.locator('.widget-output img').count() == 1
-    page.locator('.widget-slider').first.scroll_into_view_if_needed()
-    page.screenshot(path=str(ARTIFACTS / 'site-widgets.png'))
+    root = page.locator('figure.static-explorer')
+    root.scroll_into_view_if_needed()
+    def shown():
+        page.wait_for_function("() => { const i = document.querySelector('figure.static-explorer img'); return i.complete && i.naturalWidth > 0; }")
+        file = root.get_attribute('data-shown')
+        assert page.locator('figure.static-explorer img').get_attribute('src') == 'explorer/' + file
+        r = manifest[file]   # the figure render_grid drew for these values, its title naming them
+        want = f"λ = {r['lambda']:g}, {r['iterations']} iteration(s), the {r['cost']}'s cost"
+        assert want in r['title'] and root.locator('figcaption').text_content() == want
+        return file, r
+    def move(name, value):
+        page.evaluate("([n, v]) => { const e = document.querySelector(`figure.static-explorer [name=${n}]`); e.value = v;"
+                      " e.dispatchEvent(new Event(e.tagName === 'SELECT' ? 'change' : 'input')); }", [name, value])
+    first, r = shown()
+    assert (r['lambda'], r['iterations'], r['cost']) == (1.0, 3, 'article')   # the notebook's defaults
+    seen_files = {first}
+    for name, value, expect in (('lambda', '6', ('lambda', 10.0)), ('iterations', '7', ('iterations', 7)), ('cost', 'paper', ('cost', 'paper')),
+                                ('lambda', '0', ('lambda', 0.01)), ('iterations', '1', ('iterations', 1))):
+        move(name, value)
+        file, r = shown()
+        assert r[expect[0]] == expect[1], (name, value, r)
+        assert file not in seen_files, f'{name} = {value} showed a figure already shown'
+        seen_files.add(file)
+        assert page.locator(f'figure.static-explorer output[for={name}]').count() == 0 or \
+            page.locator(f'figure.static-explorer output[for={name}]').text_content() == (f"{r['lambda']:g}" if name == 'lambda' else str(r['iterations']))
+    assert len({(out / 'explorer' / f).read_bytes() for f in seen_files}) == len(seen_files), 'different values, different pictures'
+    page.screenshot(path=str(ARTIFACTS / 'site-explorer.png'))
     assert not seen['errors'] and not seen['outside'], seen
     page.close()
 

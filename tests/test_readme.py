@@ -106,8 +106,3 @@ def test_the_check_catches_a_changed_number():
     assert check_bullet('`results/x-2024.json` and ConvCaps1 in float64 on an H100', values) == []
     assert check_bullet('13× as fast, from nothing', values) == ['13×']
 
-
-def test_readme_is_generated_from_the_index_notebook():
-    import subprocess, sys
-    r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'readme.py'), '--check'], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr

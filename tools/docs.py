@@ -11,7 +11,7 @@ files that markdown cells link outside `nbs/` (`../results/figures/*.png`) copie
 `_proc/` with smalldocs and completes what smalldocs leaves out: pages named by nbdev's `output-file`, KaTeX and the theme's
 font from local files instead of CDNs, links to the published site made relative, and ipywidgets drawn from the notebook's saved widget state.
 """
-import argparse, json, pathlib, re, shutil, subprocess, sys, tarfile, tempfile, time
+import argparse, json, os, pathlib, re, shutil, subprocess, sys, tarfile, tempfile, time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 VENDOR = ROOT / 'tools' / 'vendor'
@@ -140,6 +140,74 @@ def _output_files(proc: pathlib.Path) -> dict:
     return pages
 
 
+_EXPLORER_JS = """(() => {
+  const root = document.currentScript.previousElementSibling, grid = JSON.parse(root.dataset.grid), lambdas = grid.lambdas;
+  const get = name => root.querySelector(`[name=${name}]`), img = root.querySelector('img'), caption = root.querySelector('figcaption');
+  function show() {
+    const lam = lambdas[+get('lambda').value], it = +get('iterations').value, cost = get('cost').value;
+    root.querySelector('output[for=lambda]').textContent = lam;
+    root.querySelector('output[for=iterations]').textContent = it;
+    const file = grid.files[`${lam}|${it}|${cost}`];
+    img.src = 'explorer/' + file; img.alt = caption.textContent = `λ = ${lam}, ${it} iteration(s), the ${cost}'s cost`;
+    root.dataset.shown = file;
+  }
+  root.querySelectorAll('input, select').forEach(e => { e.addEventListener('input', show); e.addEventListener('change', show); });
+  show();
+})();"""
+
+
+def _render_part(args):
+    from emcaps_nb.explorer import render_grid
+    out, cost = args
+    return render_grid(out, costs=(cost,))
+
+
+def _explorer_grid(out: pathlib.Path) -> list:
+    """`render_grid`'s figures in `out`, one process per cost, cached in ~/.cache/emcaps_nb under a hash of the code that
+    draws them (the test suite's build then reuses the first build's)."""
+    import concurrent.futures, hashlib, importlib.metadata, emcaps_nb
+    pkg = pathlib.Path(emcaps_nb.__file__).parent
+    key = hashlib.sha256(b''.join((pkg / f).read_bytes() for f in ('explorer.py', 'routing.py', 'mstep.py'))
+                         + importlib.metadata.version('matplotlib').encode()).hexdigest()[:16]
+    cache = pathlib.Path(os.environ.get('XDG_CACHE_HOME', pathlib.Path.home() / '.cache')) / 'emcaps_nb' / f'explorer-{key}'
+    if not (cache / 'manifest.json').exists():
+        tmp = cache.with_name(cache.name + f'.tmp{os.getpid()}')
+        shutil.rmtree(tmp, ignore_errors=True)
+        with concurrent.futures.ProcessPoolExecutor(2) as pool:
+            records = [r for part in pool.map(_render_part, [(tmp, 'article'), (tmp, 'paper')]) for r in part]
+        (tmp / 'manifest.json').write_text(json.dumps(records, indent=1))
+        try: os.replace(tmp, cache)
+        except OSError: shutil.rmtree(tmp, ignore_errors=True)   # another build got there first
+    shutil.copytree(cache, out, dirs_exist_ok=True)
+    return json.loads((out / 'manifest.json').read_text())
+
+
+def _static_explorer(proc: pathlib.Path) -> int:
+    "The routing explorer's widget becomes controls that show a figure precomputed for every slider value (no kernel)."
+    import html
+    from emcaps_nb.explorer import STATIC_LAMBDAS
+    nb_path = proc / 'routing_explorer.ipynb'
+    nb = json.loads(nb_path.read_text())
+    outs = [o for c in nb['cells'] for o in c.get('outputs', []) if WIDGET_VIEW in o.get('data', {})]
+    if len(outs) != 1: sys.exit(f'routing_explorer.ipynb has {len(outs)} widget views; the static explorer replaces exactly one')
+    records = _explorer_grid(proc / 'explorer')
+    its = sorted({r['iterations'] for r in records})
+    grid = {'lambdas': [f'{x:g}' for x in STATIC_LAMBDAS], 'files': {f"{r['lambda']:g}|{r['iterations']}|{r['cost']}": r['file'] for r in records}}
+    start = STATIC_LAMBDAS.index(1.0)
+    outs[0]['data'] = {'text/html': (
+        f'<figure class="static-explorer" data-grid="{html.escape(json.dumps(grid))}">\n'
+        f'<div class="static-explorer-controls">'
+        f'<label>λ <input type="range" name="lambda" min="0" max="{len(STATIC_LAMBDAS) - 1}" step="1" value="{start}"> <output for="lambda"></output></label> '
+        f'<label>iterations <input type="range" name="iterations" min="{its[0]}" max="{its[-1]}" step="1" value="3"> <output for="iterations"></output></label> '
+        f'<label>cost <select name="cost">' + ''.join(f'<option value="{c}">{c}</option>' for c in dict.fromkeys(r['cost'] for r in records)) + '</select></label></div>\n'
+        f'<img class="static-explorer-figure" alt=""><figcaption></figcaption>\n'
+        f'<p class="static-explorer-note">No kernel here: these {len(records)} figures were drawn by <code>render_grid</code> when the site was '
+        f'built (λ from {STATIC_LAMBDAS[0]:g} to {STATIC_LAMBDAS[-1]:g} in half-decade steps). In JupyterLab the sliders run the routing live.</p>\n'
+        f'</figure><script>{_EXPLORER_JS}</script>')}
+    nb_path.write_text(json.dumps(nb, indent=1))
+    return len(records)
+
+
 def _static_widgets(proc: pathlib.Path) -> int:
     "Widget outputs become the tags that the html-manager embedder renders from the notebook's saved widget state."
     n = 0
@@ -200,6 +268,7 @@ def build_offline(out: pathlib.Path | None = None, n_workers: int = 2) -> pathli
     cfg, proc = stage(n_workers)
     t1 = time.time()
     _output_files(proc)
+    figures = _static_explorer(proc)
     widgets = _static_widgets(proc)
     site = build(proc, quiet=True)
     for w in site.warnings: print('smalldocs warning:', w, file=sys.stderr)
@@ -207,9 +276,10 @@ def build_offline(out: pathlib.Path | None = None, n_workers: int = 2) -> pathli
     built = proc / '_docs'
     shutil.rmtree(out, ignore_errors=True)
     shutil.move(built, out)
+    if (proc / 'explorer').is_dir(): shutil.copytree(proc / 'explorer', out / 'explorer')   # shown by the page's script only
     _postprocess(out, cfg, assets)
     pages = len(list(out.glob('*.html')))
-    print(f'built {pages} pages into {out} ({widgets} widget views) in {time.time() - t0:.1f} s '
+    print(f'built {pages} pages into {out} ({figures} explorer figures, {widgets} widget views) in {time.time() - t0:.1f} s '
           f'(nbdev processing {t1 - t0:.1f} s)')
     return out
 
