@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .files import atomic_path
-from .mstep import EPS, TINY, check_betas, routing_dtype
+from .mstep import EPS, MASS, SPREAD, TINY, check_betas, routing_dtype, to_routing
 from .routing import Schedule, check_routing, child_softmax, inverse_temperature_schedule, spatial_em_routing, spatial_initial_rr
 from .votes import mat_transform
 
@@ -39,7 +39,8 @@ def _route_chunk(
     for t, lam in enumerate(lambdas):
         r = (a / O).expand(n, O, I) if rr is None else rr * a         # r'_ij = R_ij a_i, R uniform at first  (n, o, i)
         r_sum = r.sum(-1)                                              # sum_i r'_ij                           (n, o)
-        coeff = (r / r_sum.clamp_min(tiny)[..., None]).reshape(n * O, 1, I)
+        rho = torch.full_like(r_sum, I / O) if rr is None else rr.sum(-1)   # sum_i R_ij                  (n, o)
+        coeff = (r / torch.maximum(r_sum, MASS[ct] * rho).clamp_min(tiny)[..., None]).reshape(n * O, 1, I)
         mu = torch.bmm(coeff, v)                                       # mu_j^h                                (B, 1, h)
         d2 = (v - mu).square_() if inplace else (v - mu).square()      # (v - mu)^2, shared by M and E step    (B, i, h)
         var = torch.bmm(coeff, d2).view(n, O, H)                       # (sigma_j^h)^2                         (n, o, h)
@@ -48,7 +49,7 @@ def _route_chunk(
         if cost == 'paper': a_out = torch.sigmoid(lam * (beta_a - cost_scale * cost_j))
         else:
             cost_mean = cost_j.mean(-1, keepdim=True)
-            cost_std = torch.sqrt(((cost_j - cost_mean) ** 2).mean(-1, keepdim=True) + eps)
+            cost_std = torch.sqrt(((cost_j - cost_mean) ** 2).mean(-1, keepdim=True) + SPREAD[ct])
             a_out = torch.sigmoid(lam * (beta_a + (cost_mean - cost_j) / cost_std))
         if t < len(lambdas) - 1:   # E-step: ln p_ij = -sum_h d2 / (2 sigma^2) - sum_h ln sigma
             quad = torch.bmm(d2, (0.5 / (var + eps)).view(n * O, H, 1)).view(n, O, I)
@@ -185,7 +186,7 @@ def _kernel_args(votes, pose, W, offset, a, beta_v, beta_a, lambdas, cost, cost_
     H = (votes if votes is not None else pose).shape[-1]
     return _KernelArgs(_ptr(votes), _ptr(pose), _ptr(W), _ptr(offset), _ptr(a), _ptr(beta_v), _ptr(beta_a),
                        lambdas.data_ptr(), n, I, beta_v.shape[1], H, round(H ** 0.5), 1 if W is None else W.shape[0],
-                       lambdas.numel(), torch.get_num_threads(), _COSTS[cost], EPS[a.dtype], TINY[a.dtype], cost_scale)
+                       lambdas.numel(), torch.get_num_threads(), _COSTS[cost], EPS[a.dtype], TINY[a.dtype], MASS[a.dtype], SPREAD[a.dtype], cost_scale)
 
 class _CpuRouting(torch.autograd.Function):
     "Votes (given, or made from poses and W) and EM routing in the compiled kernel; backward from its saved state."
@@ -288,11 +289,11 @@ def em_routing_fast(
     lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
     lead, (I, O, H) = votes.shape[:-3], votes.shape[-3:]
     dtype, ct = votes.dtype, routing_dtype(votes)
-    v = votes.to(ct).reshape(-1, I, O, H)
+    v = to_routing(votes, ct).reshape(-1, I, O, H)
     n = v.shape[0]
-    a = a_in.to(ct).reshape(n, I)
-    bv = beta_v.to(ct).expand(*lead, O).reshape(n, O)
-    ba = beta_a.to(ct).expand(*lead, O).reshape(n, O)
+    a = to_routing(a_in, ct).reshape(n, I)
+    bv = to_routing(beta_v, ct).expand(*lead, O).reshape(n, O)
+    ba = to_routing(beta_a, ct).expand(*lead, O).reshape(n, O)
     if _backend(backend, votes.device) == 'cpp':
         mean, a_out = _CpuRouting.apply(v.contiguous(), None, None, None, a.contiguous(), bv.contiguous(), ba.contiguous(), lambdas,
                                         _saves(votes, a_in, beta_v, beta_a), cost, float(cost_scale))
@@ -338,12 +339,12 @@ def vote_and_route(
     lambdas = check_routing(torch.empty(*lead, I, O, H, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
     dtype = torch.promote_types(pose.dtype, W.dtype)
     ct = routing_dtype(torch.empty(0, dtype=dtype))
-    M = pose.to(ct).reshape(-1, I, H).contiguous()
+    M = to_routing(pose, ct).reshape(-1, I, H).contiguous()
     n = M.shape[0]
-    expand = lambda t: t.to(ct).expand(*lead, O).reshape(n, O).contiguous()
-    mean, a_out = _CpuRouting.apply(None, M, W.to(ct).reshape(Iw, O, H).contiguous(),
-                                    None if offset is None else offset.to(ct).contiguous(),
-                                    a_in.to(ct).reshape(n, I).contiguous(), expand(beta_v), expand(beta_a), lambdas,
+    expand = lambda t: to_routing(t, ct).expand(*lead, O).reshape(n, O).contiguous()
+    mean, a_out = _CpuRouting.apply(None, M, to_routing(W, ct).reshape(Iw, O, H).contiguous(),
+                                    None if offset is None else to_routing(offset, ct).contiguous(),
+                                    to_routing(a_in, ct).reshape(n, I).contiguous(), expand(beta_v), expand(beta_a), lambdas,
                                     _saves(pose, W, offset, a_in, beta_v, beta_a), cost, float(cost_scale))
     return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
 
@@ -359,9 +360,9 @@ def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations,
     dtype = torch.promote_types(pose.dtype, W.dtype)
     ct = routing_dtype(torch.empty(0, dtype=dtype))
     n = N * OH * OW
-    M, Wc = pose.to(ct).reshape(n, I, P * P).contiguous(), W.to(ct).reshape(Iw, O, P * P).contiguous()
-    a = a_in.to(ct).reshape(n, I).contiguous()
-    bv, ba = (t.to(ct).expand(N, OH, OW, O).reshape(n, O).contiguous() for t in (beta_v, beta_a))
+    M, Wc = to_routing(pose, ct).reshape(n, I, P * P).contiguous(), to_routing(W, ct).reshape(Iw, O, P * P).contiguous()
+    a = to_routing(a_in, ct).reshape(n, I).contiguous()
+    bv, ba = (to_routing(t, ct).expand(N, OH, OW, O).reshape(n, O).contiguous() for t in (beta_v, beta_a))
     n_children = int(children.max()) + 1
     rr = spatial_initial_rr(children, O, ct).expand(N, OH, OW, I, O).reshape(n, I, O).contiguous()
     save = _saves(pose, W, a_in, beta_v, beta_a)

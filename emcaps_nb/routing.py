@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from .mstep import EPS, TINY, check_betas, check_votes, check_cost, m_step, routing_dtype
+from .mstep import EPS, TINY, check_betas, check_votes, check_cost, m_step, routing_dtype, to_routing
 
 # %% ../nbs/03_e_step.ipynb #9ca77afc
 def e_step_logits(
@@ -30,7 +30,7 @@ def e_step_logits(
         if t.shape != shape:
             raise ValueError(f"{name} must have shape {tuple(shape)} to match votes {tuple(votes.shape)}, got {tuple(t.shape)}")
     ct = routing_dtype(votes)
-    mean, stdv, a_out, votes = (t.to(ct) for t in (mean, stdv, a_out, votes))
+    mean, stdv, a_out, votes = (to_routing(t, ct) for t in (mean, stdv, a_out, votes))
 
     var = (stdv ** 2).clamp_min(EPS[ct])[..., None, :, :]                   # (sigma_j^h)^2   (..., 1, o, h)
     log_p = -((votes - mean[..., None, :, :]) ** 2 / (2 * var)).sum(-1) - 0.5 * torch.log(var).sum(-1)  # (..., i, o)
@@ -104,7 +104,7 @@ def em_routing_steps(
     "Run EM routing, yielding the state after each iteration's M-step."
     lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
     ct = routing_dtype(votes)   # half precision is routed in float32 throughout, not rounded between steps
-    return _em_routing_gen(*(t.to(ct) for t in (votes, a_in, beta_v, beta_a)), lambdas, cost, cost_scale)
+    return _em_routing_gen(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), lambdas, cost, cost_scale)
 
 def _em_routing_gen(votes, a_in, beta_v, beta_a, lambdas, cost, cost_scale):
     rr = votes.new_full(votes.shape[-3:-1], 1.0 / votes.shape[-2])   # uniform R_ij = 1/O, broadcast over `...`
@@ -193,5 +193,5 @@ def spatial_em_routing(
     if children.shape != votes.shape[1:4] or children.dtype != torch.long:
         raise ValueError(f"children must be a long tensor of shape (OH, OW, I) = {tuple(votes.shape[1:4])}, got {children.dtype} {tuple(children.shape)}")
     dtype, ct = votes.dtype, routing_dtype(votes)
-    for _, mean, _, a_out in _spatial_steps(*(t.to(ct) for t in (votes, a_in, beta_v, beta_a)), children, lambdas, cost, cost_scale): pass
+    for _, mean, _, a_out in _spatial_steps(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), children, lambdas, cost, cost_scale): pass
     return mean.to(dtype), a_out.to(dtype)

@@ -5,7 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#define EMCAPS_ABI 4
+#define EMCAPS_ABI 5
 
 namespace emcaps {
 
@@ -16,7 +16,7 @@ struct Args {  // V == nullptr means: votes from M, W and off (fused)
   const double* lambdas;
   int64_t n, I, O, H, P, Iw;
   int iters, nthreads, cost;
-  double eps, tiny, cost_scale;
+  double eps, tiny, mass, spread, cost_scale;  // floors: variance, ln a_j, S_j where it divides, the costs' variance
 };
 
 }  // namespace emcaps
@@ -26,4 +26,4 @@ struct Args {  // V == nullptr means: votes from M, W and off (fused)
       offsetof(Args, bv), offsetof(Args, ba), offsetof(Args, lambdas), offsetof(Args, n), offsetof(Args, I),         \
       offsetof(Args, O), offsetof(Args, H), offsetof(Args, P), offsetof(Args, Iw), offsetof(Args, iters),            \
       offsetof(Args, nthreads), offsetof(Args, cost), offsetof(Args, eps), offsetof(Args, tiny),                     \
-      offsetof(Args, cost_scale)
+      offsetof(Args, mass), offsetof(Args, spread), offsetof(Args, cost_scale)

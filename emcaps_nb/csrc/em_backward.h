@@ -9,12 +9,12 @@ namespace emcaps {
 // accumulated; b.gR, the gradient of the iteration's R; b.gmu and b.gA zeroed.
 template <typename T, int HC>
 void iter_backward(const Shape& s, const T* __restrict V, const T* __restrict a, const T* __restrict bv, T lam, T eps,
-                   T tiny, const T* __restrict st, const T* __restrict GX, T* __restrict gV, T* __restrict ga,
+                   T tiny, T mass, const T* __restrict st, const T* __restrict GX, T* __restrict gV, T* __restrict ga,
                    T* __restrict gbv, T* __restrict gba, Buffers<T>& b) {
   const int64_t I = s.I, O = s.O, H = HC ? HC : s.H;
   T *gR = b.gR.data(), *gq = b.gq.data(), *c = b.c.data(), *gc = b.gc.data(), *gmu = b.gmu.data(),
     *gvar = b.gvar.data(), *gL = b.gL.data(), *gw = b.gw.data(), *gqd = b.gqd.data(), *gA = b.gA.data(),
-    *gla = b.gla.data(), *gS = b.gS.data(), *inv = b.inv.data();
+    *gla = b.gla.data(), *gS = b.gS.data(), *inv = b.inv.data(), *rho = b.rho.data(), *grho = b.grho.data();
   const T *R = st, *mu = R + I * O, *var = mu + O * H, *cd = var + O * H, *A = cd + O * H, *S = A + O,
           *cost = S + O;
   const T cm = cost[O], sd = cost[O + 1];
@@ -68,7 +68,10 @@ void iter_backward(const Shape& s, const T* __restrict V, const T* __restrict a,
     gbv[j] += gcost * S[j] * T(H);
     gS[j] = gcost * (T(H) * bv[j] + T(0.5) * lsum);
   }
-  for (int64_t j = 0; j < O; ++j) inv[j] = T(1) / std::max(S[j], tiny);
+  std::fill(rho, rho + O, T(0));
+  for (int64_t i = 0; i < I; ++i)
+    for (int64_t j = 0; j < O; ++j) rho[j] += R[i * O + j];
+  for (int64_t j = 0; j < O; ++j) inv[j] = T(1) / mass_floor(S[j], rho[j], mass, tiny);
   for (int64_t i = 0; i < I; ++i)
     for (int64_t j = 0; j < O; ++j) c[i * O + j] = R[i * O + j] * a[i] * inv[j];
   if (estep) {
@@ -96,18 +99,23 @@ void iter_backward(const Shape& s, const T* __restrict V, const T* __restrict a,
       }
       gc[i * O + j] = acc;
     }
-  // c_ij = r'_ij / Sc_j, Sc_j = max(S_j, tiny), S_j = sum_i r'_ij, r'_ij = R_ij a_i
+  // c_ij = r'_ij / D_j, D_j = max(S_j, mass rho_j, tiny), S_j = sum_i r'_ij, r'_ij = R_ij a_i, rho_j = sum_i R_ij: the
+  // gradient of D_j goes to S_j or to rho_j, whichever is the max (neither when tiny is)
   std::fill(gla, gla + O, T(0));
   for (int64_t i = 0; i < I; ++i)
     for (int64_t j = 0; j < O; ++j) gla[j] += gc[i * O + j] * c[i * O + j];
-  for (int64_t j = 0; j < O; ++j)
-    if (S[j] > tiny) gS[j] -= gla[j] * inv[j];
+  for (int64_t j = 0; j < O; ++j) {
+    const T fl = mass * rho[j];
+    grho[j] = 0;
+    if (S[j] >= fl && S[j] > tiny) gS[j] -= gla[j] * inv[j];
+    else if (fl > S[j] && fl > tiny) grho[j] = -gla[j] * inv[j] * mass;
+  }
   for (int64_t i = 0; i < I; ++i) {
     T gai = 0;
     for (int64_t j = 0; j < O; ++j) {
       const T gr = gc[i * O + j] * inv[j] + gS[j];
       gai += gr * R[i * O + j];
-      gR[i * O + j] = gr * a[i];
+      gR[i * O + j] = gr * a[i] + grho[j];
     }
     ga[i] += gai;
   }
@@ -118,7 +126,7 @@ void iter_backward(const Shape& s, const T* __restrict V, const T* __restrict a,
 // Backward of route_one from its saved state, iteration by iteration in reverse. gV, ga, gbv, gba are overwritten.
 template <typename T, int HC>
 void route_backward_one(const Shape& s, const T* __restrict V, const T* __restrict a, const T* __restrict bv,
-                        const double* lambdas, T eps, T tiny, const T* __restrict st, const T* __restrict gmu_in,
+                        const double* lambdas, T eps, T tiny, T mass, const T* __restrict st, const T* __restrict gmu_in,
                         const T* __restrict gA_in, T* __restrict gV, T* __restrict ga, T* __restrict gbv,
                         T* __restrict gba, Buffers<T>& b) {
   const int64_t I = s.I, O = s.O, H = HC ? HC : s.H, P = iter_state(s);
@@ -141,7 +149,7 @@ void route_backward_one(const Shape& s, const T* __restrict V, const T* __restri
       }
       GX = gX;
     }
-    iter_backward<T, HC>(s, V, a, bv, T(lambdas[t]), eps, tiny, st + t * P, GX, gV, ga, gbv, gba, b);
+    iter_backward<T, HC>(s, V, a, bv, T(lambdas[t]), eps, tiny, mass, st + t * P, GX, gV, ga, gbv, gba, b);
   }
 }
 

@@ -20,6 +20,7 @@ struct Shape {
   int iters;               // routing iterations
   int cost;                // COST_ARTICLE or COST_PAPER
   double cost_scale;       // the paper's cost is multiplied by it (the layers' parents/children rule)
+  double spread;           // the article's cost: floor under the variance of the costs across parents
 };
 
 // What one iteration keeps for the backward pass: R (I*O), mu, var, sum_i c d (O*H each), a, S, cost (O), mean and
@@ -29,14 +30,14 @@ inline int64_t iter_state(const Shape& s) { return s.I * s.O + 3 * s.O * s.H + 3
 template <typename T>
 struct Buffers {  // one per thread, reused for every problem it handles
   std::vector<T> V, gV, R, X, gX, c, gR, gq, gc, x, mu, var, cd, w, L, A, S, cost, la, inv, gmu, gvar, gL, gw, gqd, gA, gla,
-      gS;
+      gS, rho, grho;
   void init(const Shape& s, bool fused, bool backward) {
     const int64_t IO = s.I * s.O, OH = s.O * s.H;
     if (fused) V.resize(IO * s.H);
     if (fused && backward) gV.resize(IO * s.H);
     for (auto* v : {&R, &X, &gX, &c, &gR, &gq, &gc}) v->resize(IO);
     for (auto* v : {&mu, &var, &cd, &w, &L, &gmu, &gvar, &gL, &gw, &gqd}) v->resize(OH);
-    for (auto* v : {&x, &A, &S, &cost, &la, &inv, &gA, &gla, &gS}) v->resize(s.O);
+    for (auto* v : {&x, &A, &S, &cost, &la, &inv, &gA, &gla, &gS, &rho, &grho}) v->resize(s.O);
   }
 };
 
@@ -60,6 +61,9 @@ void moments(const Shape& s, const T* __restrict V, const T* __restrict mu, cons
       }
     }
 }
+
+// The mass that divides in the M-step (notebook 02): D_j = max(S_j, mass rho_j, tiny), rho_j = sum_i R_ij
+template <typename T> inline T mass_floor(T S, T rho, T mass, T tiny) { return std::max(std::max(S, mass * rho), tiny); }
 
 template <typename T> inline T sigmoid(T z) {
   if (z >= 0) return T(1) / (T(1) + std::exp(-z));

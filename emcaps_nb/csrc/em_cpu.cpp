@@ -21,7 +21,7 @@ void parallel(int64_t n, int nt, F f) {  // tasks 0..n-1 handed out one at a tim
 
 template <typename T, int HC>
 void forward(const Args& x, T* mu, T* A, T* st) {
-  const Shape s{x.I, x.O, x.H, x.P, x.Iw, x.iters, x.cost, x.cost_scale};
+  const Shape s{x.I, x.O, x.H, x.P, x.Iw, x.iters, x.cost, x.cost_scale, x.spread};
   const int64_t IOH = s.I * s.O * s.H, sp = iter_state(s) * s.iters;
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
   const bool fused = x.V == nullptr;
@@ -32,13 +32,13 @@ void forward(const Args& x, T* mu, T* A, T* st) {
     const T* V = fused ? b.V.data() : (const T*)x.V + k * IOH;
     if (fused) votes_one<T, HC>(s, (const T*)x.M + k * s.I * s.H, (const T*)x.W, (const T*)x.off, b.V.data());
     route_one<T, HC>(s, V, (const T*)x.a + k * s.I, (const T*)x.bv + k * s.O, (const T*)x.ba + k * s.O, x.lambdas,
-                     T(x.eps), T(x.tiny), mu + k * s.O * s.H, A + k * s.O, st ? st + k * sp : nullptr, b);
+                     T(x.eps), T(x.tiny), T(x.mass), mu + k * s.O * s.H, A + k * s.O, st ? st + k * sp : nullptr, b);
   });
 }
 
 template <typename T, int HC>
 void backward(const Args& x, const T* st, const T* gmu, const T* gA, T* gV, T* gM, T* gW, T* ga, T* gbv, T* gba) {
-  const Shape s{x.I, x.O, x.H, x.P, x.Iw, x.iters, x.cost, x.cost_scale};
+  const Shape s{x.I, x.O, x.H, x.P, x.Iw, x.iters, x.cost, x.cost_scale, x.spread};
   const int64_t IOH = s.I * s.O * s.H, sp = iter_state(s) * s.iters, nw = s.Iw * s.O * s.H;
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
   const bool fused = x.V == nullptr;
@@ -58,7 +58,7 @@ void backward(const Args& x, const T* st, const T* gmu, const T* gA, T* gV, T* g
       const T* V = fused ? b.V.data() : (const T*)x.V + k * IOH;
       T* g = fused ? b.gV.data() : gV + k * IOH;
       route_backward_one<T, HC>(s, V, (const T*)x.a + k * s.I, (const T*)x.bv + k * s.O, x.lambdas, T(x.eps),
-                                T(x.tiny), st + k * sp, gmu + k * s.O * s.H, gA + k * s.O, g, ga + k * s.I,
+                                T(x.tiny), T(x.mass), st + k * sp, gmu + k * s.O * s.H, gA + k * s.O, g, ga + k * s.I,
                                 gbv + k * s.O, gba + k * s.O, b);
       if (fused) votes_backward_one<T, HC>(s, M, (const T*)x.W, g, gM + k * s.I * s.H, gWb.data() + blk * nw);
     }
@@ -74,7 +74,7 @@ void backward(const Args& x, const T* st, const T* gmu, const T* gA, T* gV, T* g
 // notebook 05): R (n x I x O) in; mu, A and, if X is given, the E-step's logits X out; st the iteration's state.
 template <typename T, int HC>
 void step_forward(const Args& x, const T* R, T* mu, T* A, T* X, T* st) {
-  const Shape s{x.I, x.O, x.H, x.P, x.Iw, 1, x.cost, x.cost_scale};
+  const Shape s{x.I, x.O, x.H, x.P, x.Iw, 1, x.cost, x.cost_scale, x.spread};
   const int64_t IO = s.I * s.O, IOH = IO * s.H, sp = iter_state(s);
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
   const bool fused = x.V == nullptr;
@@ -85,7 +85,7 @@ void step_forward(const Args& x, const T* R, T* mu, T* A, T* X, T* st) {
     const T* V = fused ? b.V.data() : (const T*)x.V + k * IOH;
     if (fused) votes_one<T, HC>(s, (const T*)x.M + k * s.I * s.H, (const T*)x.W, (const T*)x.off, b.V.data());
     iter_forward<T, HC>(s, V, (const T*)x.a + k * s.I, (const T*)x.bv + k * s.O, (const T*)x.ba + k * s.O,
-                        T(x.lambdas[0]), T(x.eps), T(x.tiny), R + k * IO, st ? st + k * sp : nullptr,
+                        T(x.lambdas[0]), T(x.eps), T(x.tiny), T(x.mass), R + k * IO, st ? st + k * sp : nullptr,
                         X ? X + k * IO : nullptr, b);
     std::copy(b.mu.data(), b.mu.data() + s.O * s.H, mu + k * s.O * s.H);
     std::copy(b.A.data(), b.A.data() + s.O, A + k * s.O);
@@ -97,7 +97,7 @@ void step_forward(const Args& x, const T* R, T* mu, T* A, T* X, T* st) {
 template <typename T, int HC>
 void step_backward(const Args& x, const T* st, const T* gmu, const T* gA, const T* gX, T* gV, T* gM, T* gW, T* ga,
                    T* gbv, T* gba, T* gR) {
-  const Shape s{x.I, x.O, x.H, x.P, x.Iw, 1, x.cost, x.cost_scale};
+  const Shape s{x.I, x.O, x.H, x.P, x.Iw, 1, x.cost, x.cost_scale, x.spread};
   const int64_t IO = s.I * s.O, IOH = IO * s.H, OH = s.O * s.H, sp = iter_state(s), nw = s.Iw * OH;
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
   const bool fused = x.V == nullptr;
@@ -119,7 +119,7 @@ void step_backward(const Args& x, const T* st, const T* gmu, const T* gA, const 
       std::fill(gbv + k * s.O, gbv + (k + 1) * s.O, T(0));
       std::fill(gba + k * s.O, gba + (k + 1) * s.O, T(0));
       iter_backward<T, HC>(s, V, (const T*)x.a + k * s.I, (const T*)x.bv + k * s.O, T(x.lambdas[0]), T(x.eps),
-                           T(x.tiny), st + k * sp, gX ? gX + k * IO : nullptr, g, ga + k * s.I, gbv + k * s.O,
+                           T(x.tiny), T(x.mass), st + k * sp, gX ? gX + k * IO : nullptr, g, ga + k * s.I, gbv + k * s.O,
                            gba + k * s.O, b);
       std::copy(b.gR.data(), b.gR.data() + IO, gR + k * IO);
       if (fused) votes_backward_one<T, HC>(s, M, (const T*)x.W, g, gM + k * s.I * s.H, gWb.data() + blk * nw);

@@ -9,16 +9,20 @@ namespace emcaps {
 // their normalisation. mu, var, A (and the rest of the iteration's state, into st if given) are left in b.
 template <typename T, int HC>
 void iter_forward(const Shape& s, const T* __restrict V, const T* __restrict a, const T* __restrict bv,
-                  const T* __restrict ba, T lam, T eps, T tiny, const T* __restrict R, T* __restrict st,
+                  const T* __restrict ba, T lam, T eps, T tiny, T mass, const T* __restrict R, T* __restrict st,
                   T* __restrict X, Buffers<T>& b) {
   const int64_t I = s.I, O = s.O, H = HC ? HC : s.H;
   T *c = b.c.data(), *mu = b.mu.data(), *var = b.var.data(), *cd = b.cd.data(), *w = b.w.data(), *L = b.L.data(),
-    *A = b.A.data(), *S = b.S.data(), *cost = b.cost.data(), *la = b.la.data(), *x = b.x.data();
-  // M-step. r'_ij = R_ij a_i;  S_j = sum_i r'_ij;  c_ij = r'_ij / max(S_j, tiny)
+    *A = b.A.data(), *S = b.S.data(), *cost = b.cost.data(), *la = b.la.data(), *x = b.x.data(), *rho = b.rho.data();
+  // M-step. r'_ij = R_ij a_i;  S_j = sum_i r'_ij;  c_ij = r'_ij / max(S_j, mass rho_j, tiny), rho_j = sum_i R_ij
   std::fill(S, S + O, T(0));
+  std::fill(rho, rho + O, T(0));
   for (int64_t i = 0; i < I; ++i)
-    for (int64_t j = 0; j < O; ++j) S[j] += (c[i * O + j] = R[i * O + j] * a[i]);
-  for (int64_t j = 0; j < O; ++j) x[j] = T(1) / std::max(S[j], tiny);
+    for (int64_t j = 0; j < O; ++j) {
+      S[j] += (c[i * O + j] = R[i * O + j] * a[i]);
+      rho[j] += R[i * O + j];
+    }
+  for (int64_t j = 0; j < O; ++j) x[j] = T(1) / mass_floor(S[j], rho[j], mass, tiny);
   for (int64_t i = 0; i < I; ++i)
     for (int64_t j = 0; j < O; ++j) c[i * O + j] *= x[j];
   // mu_j^h = sum_i c_ij v_ij^h
@@ -53,7 +57,7 @@ void iter_forward(const Shape& s, const T* __restrict V, const T* __restrict a, 
   } else {
     T cv = 0;
     for (int64_t j = 0; j < O; ++j) cv += (cost[j] - cm) * (cost[j] - cm);
-    sd = std::sqrt(cv / T(O) + eps);
+    sd = std::sqrt(cv / T(O) + T(s.spread));
     for (int64_t j = 0; j < O; ++j) A[j] = sigmoid(lam * (ba[j] + (cm - cost[j]) / sd));
   }
   if (st) {
@@ -93,14 +97,14 @@ void iter_forward(const Shape& s, const T* __restrict V, const T* __restrict a, 
 // EM routing of one problem, every iteration: R_ij = 1/O, then M-step, E-step (R_ij = softmax_j X_ij), ..., M-step.
 template <typename T, int HC>
 void route_one(const Shape& s, const T* __restrict V, const T* __restrict a, const T* __restrict bv,
-               const T* __restrict ba, const double* lambdas, T eps, T tiny, T* __restrict mu_out, T* __restrict a_out,
+               const T* __restrict ba, const double* lambdas, T eps, T tiny, T mass, T* __restrict mu_out, T* __restrict a_out,
                T* __restrict st, Buffers<T>& b) {
   const int64_t I = s.I, O = s.O, H = HC ? HC : s.H;
   T *R = b.R.data(), *X = b.X.data();
   std::fill(R, R + I * O, T(1) / T(O));  // R_ij = 1/O
   for (int t = 0; t < s.iters; ++t) {
     const bool last = t == s.iters - 1;
-    iter_forward<T, HC>(s, V, a, bv, ba, T(lambdas[t]), eps, tiny, R, st ? st + t * iter_state(s) : nullptr,
+    iter_forward<T, HC>(s, V, a, bv, ba, T(lambdas[t]), eps, tiny, mass, R, st ? st + t * iter_state(s) : nullptr,
                         last ? nullptr : X, b);
     if (last) break;
     for (int64_t i = 0; i < I; ++i) {  // softmax over the parents of each input
