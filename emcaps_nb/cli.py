@@ -145,7 +145,7 @@ def main(argv: list | None = None) -> int:
     "Entry point of the `emcaps` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
     usage = f"usage: emcaps {{{','.join([*COMMANDS, 'bench'])}}} [options]   (emcaps train --help for the options)"
-    if argv[:1] == ['bench']:   # the routing benchmark of notebook 05b, with its own options
+    if argv[:1] == ['bench']:   # the routing benchmark of notebook 06d, with its own options
         from emcaps_nb.bench import main as bench
         bench(argv[1:])
         return 0

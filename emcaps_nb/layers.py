@@ -36,11 +36,11 @@ class PrimaryCaps(nn.Module):
         return pose, torch.sigmoid(self.activation(x)).permute(0, 2, 3, 1)  # (n, h, w, b)
 
 # %% ../nbs/05_layers.ipynb #44c8e02e
-ROUTINGS = ('auto', 'literal', 'chunked', 'cpp')   # 'auto': the kernel on the CPU, else chunked (notebook 05a)
+ROUTINGS = ('auto', 'literal', 'chunked', 'cpp')   # 'auto': the kernel on the CPU, else chunked (notebook 04a)
 
 # %% ../nbs/05_layers.ipynb #d43feb2a
 def _routing(name):
-    if name == 'fast':   # its name before the one vocabulary of notebook 05b
+    if name == 'fast':   # its name before the one vocabulary of notebook 06d
         warnings.warn("routing='fast' is now routing='auto'", DeprecationWarning, stacklevel=3); name = 'auto'
     if name not in ROUTINGS: raise ValueError(f"routing must be one of {sorted(ROUTINGS)}, got {name!r}")
     return name

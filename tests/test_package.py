@@ -150,9 +150,7 @@ def test_every_file_is_written_through_atomic_path():
 # Breaches of the layering that remain, each to be removed (issue 19): the test fails on any other, and on one of these
 # once it is fixed, so that the list only shrinks.
 KNOWN_LAYERING_BREACHES = {
-    'bench -> loss': 'notebook 05b imports 06 (the training-step case uses the spread loss)',
     'data -> toynorb': "06a's get_dataset('toynorb') imports 06c, which imports 06a",
-    'layers -> fast_routing': 'notebook 05 imports 05a',
 }
 
 

@@ -1,4 +1,4 @@
-// emcaps_nb CPU kernel: the backward pass of EM routing, derived by hand (notebook 05a).
+// emcaps_nb CPU kernel: the backward pass of EM routing, derived by hand (notebook 04a).
 #pragma once
 
 #include "em_common.h"
