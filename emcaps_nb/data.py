@@ -207,9 +207,12 @@ class SmallNORB(ImageDataset):
 
 # %% ../nbs/06a_data.ipynb #353c3c7a
 def toynorb(root='data', train=True, transform='default'):
-    "The rendered smallNORB-like dataset of notebook 06c, rendered into root/toynorb on first use."
-    from emcaps_nb.toynorb import ToyNORB
-    return ToyNORB(root, train, transform)
+    "The rendered smallNORB-like dataset of notebook 06c, read from root/toynorb with smallNORB's reader."
+    folder = pathlib.Path(root) / 'toynorb'
+    if not (folder / 'toynorb.json').exists():
+        raise DatasetNotFoundError('toynorb', [folder], f"render it once with `python -m emcaps_nb.toynorb --root {root}` "
+                                   "(notebook 06c, a few minutes); `emcaps train --dataset toynorb` renders it itself")
+    return SmallNORB(folder, train, transform)
 
 DATASETS = {'mnist': mnist, 'fashion-mnist': fashion_mnist, 'mnist-sample': mnist_sample, 'smallnorb': SmallNORB, 'toynorb': toynorb}
 

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['CATEGORIES', 'LIGHTINGS', 'AMBIENT', 'NORB_AZIMUTHS', 'NORB_ELEVATIONS', 'AZIMUTH_SPLIT', 'ELEVATION_SPLIT',
            'VIEW_SPLITS', 'Mesh', 'merge', 'rotation', 'place', 'box', 'ellipsoid', 'cylinder', 'toy', 'look_at',
-           'project', 'rasterize', 'shade', 'render', 'toynorb_split', 'build_toynorb', 'ToyNORB', 'viewpoints',
-           'select_views', 'main']
+           'project', 'rasterize', 'shade', 'render', 'toynorb_split', 'build_toynorb', 'ensure_toynorb', 'ToyNORB',
+           'viewpoints', 'select_views', 'main']
 
 # %% ../nbs/06c_toynorb.ipynb #0b850c6e
 import json, math, pathlib, time
@@ -310,14 +310,21 @@ def build_toynorb(root='data', instances: dict | None = None, azimuths=NORB_AZIM
     return folder
 
 # %% ../nbs/06c_toynorb.ipynb #08bb62d8
+def ensure_toynorb(root='data') -> pathlib.Path:
+    "root/toynorb, rendered first if it is not there (once; a few minutes)."
+    folder = pathlib.Path(root) / 'toynorb'
+    if not (folder / 'toynorb.json').exists():
+        print(f"rendering toynorb into {folder} (once; a few minutes)", flush=True)
+        build_toynorb(root)
+    return folder
+
 class ToyNORB(SmallNORB):
     "toynorb through smallNORB's reader and preprocessing; rendered into root/toynorb first if it is not there."
     def __init__(self, root='data', train=True, transform='default', size: int = 48, build: bool = True):
         folder = pathlib.Path(root) / 'toynorb'
         if not (folder / 'toynorb.json').exists():
             if not build: raise FileNotFoundError(f"no toynorb under {folder}: run python -m emcaps_nb.toynorb --root {root}")
-            print(f"rendering toynorb into {folder} (once; a few minutes)", flush=True)
-            build_toynorb(root)
+            ensure_toynorb(root)
         super().__init__(folder, train, transform, size)
 
 # %% ../nbs/06c_toynorb.ipynb #d55bd572

@@ -375,7 +375,10 @@ def train(
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {ddp.world_size} processes")
 
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)
-    if ddp.main:   # only rank 0 may download; the others wait and then find the files
+    if ddp.main:   # only rank 0 may download (or render toynorb); the others wait and then find the files
+        if cfg.dataset == 'toynorb':
+            from emcaps_nb.toynorb import ensure_toynorb
+            ensure_toynorb(cfg.root)
         train_ds = get_dataset(cfg.dataset, True, cfg.root, cfg.download, cfg.augment)
     ddp.barrier()
     if not ddp.main: train_ds = get_dataset(cfg.dataset, True, cfg.root, False, cfg.augment)
