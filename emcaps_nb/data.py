@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['DEBIAN_FASHION_MNIST', 'FASHION_CLASSES', 'NORB_TYPES', 'SMALLNORB_FILES', 'SMALLNORB_CLASSES', 'DATASETS',
            'DatasetNotFoundError', 'ImageDataset', 'RandomShift', 'read_idx', 'mnist', 'fashion_mnist', 'mnist_sample',
-           'read_norb', 'write_norb', 'NorbTransform', 'SmallNORB', 'toynorb', 'get_dataset']
+           'read_norb', 'write_norb', 'NorbTransform', 'SmallNORB', 'rendered_toynorb', 'get_dataset']
 
 # %% ../nbs/06a_data.ipynb #63daddd8
 import functools, gzip, os, pathlib, struct
@@ -206,7 +206,7 @@ class SmallNORB(ImageDataset):
         self.info = torch.from_numpy(info.astype(np.int64))   # instance, elevation, azimuth, lighting
 
 # %% ../nbs/06a_data.ipynb #353c3c7a
-def toynorb(root='data', train=True, transform='default'):
+def rendered_toynorb(root='data', train=True, transform='default'):
     "The rendered smallNORB-like dataset of notebook 06c, read from root/toynorb with smallNORB's reader."
     folder = pathlib.Path(root) / 'toynorb'
     if not (folder / 'toynorb.json').exists():
@@ -214,7 +214,7 @@ def toynorb(root='data', train=True, transform='default'):
                                    "(notebook 06c, a few minutes); `emcaps train --dataset toynorb` renders it itself")
     return SmallNORB(folder, train, transform)
 
-DATASETS = {'mnist': mnist, 'fashion-mnist': fashion_mnist, 'mnist-sample': mnist_sample, 'smallnorb': SmallNORB, 'toynorb': toynorb}
+DATASETS = {'mnist': mnist, 'fashion-mnist': fashion_mnist, 'mnist-sample': mnist_sample, 'smallnorb': SmallNORB, 'toynorb': rendered_toynorb}
 
 # %% ../nbs/06a_data.ipynb #94c2ffad
 def get_dataset(

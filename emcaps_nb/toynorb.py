@@ -6,7 +6,7 @@
 __all__ = ['CATEGORIES', 'LIGHTINGS', 'AMBIENT', 'NORB_AZIMUTHS', 'NORB_ELEVATIONS', 'AZIMUTH_SPLIT', 'ELEVATION_SPLIT',
            'VIEW_SPLITS', 'Mesh', 'merge', 'rotation', 'place', 'box', 'ellipsoid', 'cylinder', 'toy', 'look_at',
            'project', 'rasterize', 'shade', 'render', 'toynorb_split', 'build_toynorb', 'ensure_toynorb', 'ToyNORB',
-           'viewpoints', 'select_views', 'main']
+           'view_subset', 'select_views', 'main']
 
 # %% ../nbs/06c_toynorb.ipynb #0b850c6e
 import json, math, pathlib, time
@@ -331,9 +331,9 @@ class ToyNORB(SmallNORB):
 AZIMUTH_SPLIT = {'familiar': [300, 320, 340, 0, 20, 40], 'novel': list(range(60, 300, 20))}
 ELEVATION_SPLIT = {'familiar': [30, 35, 40], 'novel': [45, 50, 55, 60, 65, 70]}
 
-def viewpoints(ds, azimuths=None, elevations=None) -> torch.utils.data.Subset:
+def view_subset(ds, azimuths=None, elevations=None) -> torch.utils.data.Subset:
     "The images of `ds` (with smallNORB's `info`) at the given azimuths and elevations, in degrees (None: all)."
-    if not hasattr(ds, 'info'): raise ValueError(f"viewpoints needs a dataset with smallNORB's info, got {type(ds).__name__}")
+    if not hasattr(ds, 'info'): raise ValueError(f"view_subset needs a dataset with smallNORB's info, got {type(ds).__name__}")
     keep = torch.ones(len(ds), dtype=torch.bool)
     if azimuths is not None: keep &= torch.isin(ds.info[:, 2] * 10, torch.tensor(list(azimuths)))
     if elevations is not None: keep &= torch.isin(30 + 5 * ds.info[:, 1], torch.tensor(list(elevations)))
@@ -345,7 +345,7 @@ VIEW_SPLITS = {'azimuth-familiar': {'azimuths': AZIMUTH_SPLIT['familiar']}, 'azi
 def select_views(ds, name: str) -> torch.utils.data.Subset:
     "The images of `ds` in one of the paper's viewpoint subsets, by name (a key of VIEW_SPLITS): what `emcaps train --views` uses."
     if name not in VIEW_SPLITS: raise ValueError(f"views must be one of {', '.join(VIEW_SPLITS)}, got {name!r}")
-    return viewpoints(ds, **VIEW_SPLITS[name])
+    return view_subset(ds, **VIEW_SPLITS[name])
 
 # %% ../nbs/06c_toynorb.ipynb #1785e401
 def main(argv=None):

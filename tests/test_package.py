@@ -176,3 +176,12 @@ def test_layering():
     assert not private, private
     assert found == set(KNOWN_LAYERING_BREACHES), (f'new breaches: {sorted(found - set(KNOWN_LAYERING_BREACHES))}; '
                                                    f'fixed (remove them from the list): {sorted(set(KNOWN_LAYERING_BREACHES) - found)}')
+
+
+def test_no_public_name_is_also_a_module_name():
+    "A function named like a module (data.toynorb beside the toynorb module, once) makes `emcaps_nb.X` mean two things."
+    import importlib, pkgutil, emcaps_nb
+    modules = {m.name for m in pkgutil.iter_modules(emcaps_nb.__path__) if not m.name.startswith('_')}
+    clashes = [f'{mod}.{name}' for mod in sorted(modules) for name in getattr(importlib.import_module(f'emcaps_nb.{mod}'), '__all__', [])
+               if name in modules]
+    assert not clashes, f'public names that are also module names: {clashes}'
