@@ -56,6 +56,7 @@ setuptools.setup(
     zip_safe = False,
     entry_points = {
         'console_scripts': cfg.get('console_scripts','').split(),
+        'emcaps_nb.commands': cfg.get('emcaps_commands','').split(),   # subcommands of `emcaps` from later notebooks (07a)
         'nbdev': [f'{cfg.get("lib_path")}={cfg.get("lib_path")}._modidx:d']
     },
     **setup_cfg)

@@ -52,16 +52,22 @@ def summarise(records: list) -> list:
     groups = {}
     for r in records: groups.setdefault((r['dataset'], r['variant'], r['iterations']), []).append(r)
     mean = lambda xs: statistics.fmean(xs) if xs else None
-    return [{'dataset': d, 'variant': v, 'iterations': it, 'seeds': [r['seed'] for r in rs],
-             'epochs': [r['epochs'] for r in rs], 'finished': all(r['finished'] for r in rs),
-             'test_acc': mean([r['test_acc'] for r in rs if r['test_acc'] is not None]),
-             'activation_lead': mean([r['activation_lead'] for r in rs if r['activation_lead'] is not None]),
-             'loss_vs_constant': mean([r['loss_vs_constant'] for r in rs if r['loss_vs_constant'] is not None]),
-             'skipped_steps': sum(r['skipped_steps'] for r in rs)} for (d, v, it), rs in groups.items()]
+    rows = []
+    for (d, v, it), rs in groups.items():
+        done = [r for r in rs if r['finished']]
+        use = done or rs   # finished seeds only, so a seed still training never enters a finished one's mean
+        rows.append({'dataset': d, 'variant': v, 'iterations': it, 'seeds': [r['seed'] for r in use],
+                     'epochs': [r['epochs'] for r in use], 'finished': bool(done),
+                     'training': [r['seed'] for r in rs if not r['finished'] and done],   # seeds left out of the means
+                     'test_acc': mean([r['test_acc'] for r in use if r['test_acc'] is not None]),
+                     'activation_lead': mean([r['activation_lead'] for r in use if r['activation_lead'] is not None]),
+                     'loss_vs_constant': mean([r['loss_vs_constant'] for r in use if r['loss_vs_constant'] is not None]),
+                     'skipped_steps': sum(r['skipped_steps'] for r in use)})
+    return rows
 
-def main(argv=None):
+def main(argv=None, prog='python -m emcaps_nb.ablation'):  # prog: `emcaps ablation` when the CLI calls it
     "Gather the ablation's run folders into results/ablation/summary.json (records and table)."
-    p = argparse.ArgumentParser(prog='python -m emcaps_nb.ablation', description=main.__doc__)
+    p = argparse.ArgumentParser(prog=prog, description=main.__doc__)
     p.add_argument('--root', default='results/ablation', help='the folder of run folders')
     args = p.parse_args(argv)
     root = pathlib.Path(args.root)

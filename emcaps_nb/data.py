@@ -210,7 +210,7 @@ def rendered_toynorb(root='data', train=True, transform='default'):
     "The rendered smallNORB-like dataset of notebook 06c, read from root/toynorb with smallNORB's reader."
     folder = pathlib.Path(root) / 'toynorb'
     if not (folder / 'toynorb.json').exists():
-        raise DatasetNotFoundError('toynorb', [folder], f"render it once with `python -m emcaps_nb.toynorb --root {root}` "
+        raise DatasetNotFoundError('toynorb', [folder], f"render it once with `emcaps toynorb --root {root}` "
                                    "(notebook 06c, a few minutes); `emcaps train --dataset toynorb` renders it itself")
     return SmallNORB(folder, train, transform)
 

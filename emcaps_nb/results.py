@@ -118,9 +118,9 @@ def load_decoder(path) -> tuple[PoseDecoder, dict]:
     return dec.eval(), state
 
 # %% ../nbs/08_results.ipynb #58574833
-def main(argv=None):
+def main(argv=None, prog='python -m emcaps_nb.results'):  # prog: `emcaps results` when the CLI calls it
     "Regenerate a derived result of the results notebook from the checkpoints under results/training."
-    p = argparse.ArgumentParser(prog='python -m emcaps_nb.results', description=main.__doc__)
+    p = argparse.ArgumentParser(prog=prog, description=main.__doc__)
     p.add_argument('what', choices=['adversarial', 'decoder', 'iterations'])
     p.add_argument('--results', default='results', help='the results folder')
     p.add_argument('--n', type=int, help='images: test images attacked (default 300), training images for the decoder (5000), test images evaluated (all)')

@@ -32,7 +32,7 @@ def e_step_logits(
     ct = routing_dtype(votes)
     mean, stdv, a_out, votes = (to_routing(t, ct) for t in (mean, stdv, a_out, votes))
 
-    var = (stdv ** 2).clamp_min(EPS[ct])[..., None, :, :]                   # (sigma_j^h)^2   (..., 1, o, h)
+    var = (stdv ** 2).clamp_min(EPS[ct] / 2)[..., None, :, :]                   # (sigma_j^h)^2   (..., 1, o, h)
     log_p = -((votes - mean[..., None, :, :]) ** 2 / (2 * var)).sum(-1) - 0.5 * torch.log(var).sum(-1)  # (..., i, o)
     return torch.log(a_out.clamp_min(TINY[ct]))[..., None, :] + log_p
 

@@ -323,7 +323,7 @@ class ToyNORB(SmallNORB):
     def __init__(self, root='data', train=True, transform='default', size: int = 48, build: bool = True):
         folder = pathlib.Path(root) / 'toynorb'
         if not (folder / 'toynorb.json').exists():
-            if not build: raise FileNotFoundError(f"no toynorb under {folder}: run python -m emcaps_nb.toynorb --root {root}")
+            if not build: raise FileNotFoundError(f"no toynorb under {folder}: run emcaps toynorb --root {root}")
             ensure_toynorb(root)
         super().__init__(folder, train, transform, size)
 
@@ -348,10 +348,10 @@ def select_views(ds, name: str) -> torch.utils.data.Subset:
     return view_subset(ds, **VIEW_SPLITS[name])
 
 # %% ../nbs/06c_toynorb.ipynb #1785e401
-def main(argv=None):
+def main(argv=None, prog='python -m emcaps_nb.toynorb'):  # prog: `emcaps toynorb` when the CLI calls it
     "Render toynorb (both splits) into ROOT/toynorb."
     import argparse
-    p = argparse.ArgumentParser(prog='python -m emcaps_nb.toynorb', description=main.__doc__)
+    p = argparse.ArgumentParser(prog=prog, description=main.__doc__)
     p.add_argument('--root', default='data', help='the data folder (default: data)')
     args = p.parse_args(argv)
     folder = build_toynorb(args.root)

@@ -81,9 +81,9 @@ def matched(curves: dict) -> dict:
     return {'familiar': target, **{k: novel_at_familiar(c, target) for k, c in curves.items()}}
 
 # %% ../nbs/09_viewpoints.ipynb #2710b741
-def main(argv=None):
+def main(argv=None, prog='python -m emcaps_nb.viewpoints'):  # prog: `emcaps viewpoints` when the CLI calls it
     "Evaluate kept epochs of viewpoint runs by azimuth and elevation; write results/viewpoints/RUN.json for each."
-    p = argparse.ArgumentParser(prog='python -m emcaps_nb.viewpoints', description=main.__doc__)
+    p = argparse.ArgumentParser(prog=prog, description=main.__doc__)
     p.add_argument('runs', nargs='+', help='run folders trained with --views and --keep-epochs')
     p.add_argument('--root', default='data'); p.add_argument('--stride', type=int, default=1)
     p.add_argument('--device', default='cpu'); p.add_argument('--out', default='results/viewpoints')

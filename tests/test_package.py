@@ -44,6 +44,8 @@ def test_non_editable_install_imports_outside_the_repo(tmp_path):
              "print(pathlib.Path(emcaps_nb.__file__).resolve())", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     assert pathlib.Path(r.stdout.strip()).is_relative_to(target.resolve())
+    (eps,) = target.glob('emcaps_nb-*.dist-info/entry_points.txt')   # the subcommands of later notebooks travel with the package
+    assert '[emcaps_nb.commands]' in eps.read_text() and 'viewpoints = emcaps_nb.viewpoints:main' in eps.read_text()
 
 
 def test_library_is_what_the_notebooks_export(tmp_path):
@@ -94,6 +96,24 @@ def test_emcaps_bench_is_the_benchmark():
     assert r.returncode == 0, r.stderr
     (row,) = [json.loads(line) for line in r.stdout.splitlines()]
     assert (row['case'], row['impl'], row['batch']) == ('classcaps', 'cpp', 2) and row['images_per_s'] > 0
+
+
+def test_emcaps_subcommands_of_later_notebooks():
+    "`emcaps results|viewpoints|toynorb|ablation|bench`: each is its module's main, under its `emcaps` name."
+    for cmd in ('results', 'viewpoints', 'toynorb', 'ablation', 'bench'):
+        r = subprocess.run([sys.executable, '-m', 'emcaps_nb.cli', cmd, '--help'], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f'usage: emcaps {cmd} '), r.stdout[:200]
+    r = subprocess.run([sys.executable, '-m', 'emcaps_nb.cli', 'viewpoints'], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and 'emcaps viewpoints: error: the following arguments are required: runs' in r.stderr, r.stderr
+
+
+def test_notebooks_are_slim():
+    "nbs/ stays under 1.5 MB (issue 19): figures stored as palette PNGs by tools/slim_notebooks.py, no saved widget state."
+    r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'slim_notebooks.py'), '--check'], capture_output=True, text=True)
+    assert r.returncode == 0, f'run python tools/slim_notebooks.py: {r.stdout}{r.stderr}'
+    total = sum(p.stat().st_size for p in (ROOT / 'nbs').glob('*.ipynb'))
+    assert total < 1_500_000, f'nbs/*.ipynb holds {total / 1e6:.2f} MB, over the 1.5 MB budget'
 
 
 def test_readme_is_generated_from_the_index_notebook():

@@ -1,5 +1,5 @@
 """Property-based tests of the public routing API (issue 18): random shapes, dtypes and value ranges, the degenerate
-inputs included. Every call returns finite outputs whose gradients are finite and below 1e30, or raises a ValueError that
+inputs included. Every call returns finite outputs whose gradients are finite and below 1e10, or raises a ValueError that
 names the problem. Derandomised (the same examples on every run), more than 500 examples in all.
 """
 import math
@@ -18,17 +18,16 @@ DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 KINDS = ('random', 'zero activations', 'one active input', 'identical votes', 'huge votes', 'tiny votes', 'tiny activations')
 
 
-BOUND = 1e30   # gradients at degenerate points stay below this in every dtype (all-zero activations once gave 1e154)
-# ...except where the article's cost standardises near-equal costs built on zero variances: one active input, identical
-# votes. There the gradient follows 1 / EPS of the variance floor (notebook 02) and reaches 1e32 in float64: finite only.
-ILL_CONDITIONED = {('article', 'one active input'), ('article', 'identical votes')}
+BOUND = 1e10   # gradients at degenerate points stay below this in every dtype (all-zero activations once gave 1e154)
+# The steepest point is a parent that explains a single active input: its variance is 0 and grows linearly with the other
+# inputs' activations, so d ln(var + EPS) / d a_i is about |v_i - mu|^2 / EPS, 1e9 for unit votes (notebook 02).
 
 
-def _finite(*ts, bounded=True):
+def _finite(*ts):
     for t in ts:
         if t is None: continue
         assert torch.isfinite(t).all(), f'non-finite values in a {t.dtype} tensor of shape {tuple(t.shape)}'
-        if bounded and t.numel(): assert t.abs().max().item() < BOUND, f'{t.abs().max().item():.1e} in a tensor of shape {tuple(t.shape)}'
+        if t.numel(): assert t.abs().max().item() < BOUND, f'{t.abs().max().item():.1e} in a tensor of shape {tuple(t.shape)}'
 
 
 def _grads(outputs, inputs):
@@ -55,25 +54,25 @@ def problems(draw, max_lead=3):
     ts = [t.to(dtype).requires_grad_() for t in (votes, a, bv, ba)]
     kw = dict(iterations=draw(st.integers(1, 4)), cost=draw(st.sampled_from(('article', 'paper'))),
               cost_scale=draw(st.sampled_from((0.1, 1.0, 10.0))))
-    return ts, kw, (kw['cost'], kind) not in ILL_CONDITIONED
+    return ts, kw
 
 
 @FAST
 @given(problems())
 def test_em_routing(p):
-    (votes, a, bv, ba), kw, bounded = p
+    (votes, a, bv, ba), kw = p
     pose, act = em_routing(votes, a, bv, ba, **kw)
     assert pose.shape == votes.shape[:-3] + votes.shape[-2:] and act.shape == votes.shape[:-3] + votes.shape[-2:-1]
     assert pose.dtype == votes.dtype and ((act >= 0) & (act <= 1)).all()
-    _finite(pose, act, *_grads((pose, act), (votes, a, bv, ba)), bounded=bounded)
+    _finite(pose, act, *_grads((pose, act), (votes, a, bv, ba)))
 
 
 @FAST
 @given(problems(), st.sampled_from(('chunked', 'cpp')))
 def test_em_routing_fast(p, backend):
-    (votes, a, bv, ba), kw, bounded = p
+    (votes, a, bv, ba), kw = p
     pose, act = em_routing_fast(votes, a, bv, ba, backend=backend, **kw)
-    _finite(pose, act, *_grads((pose, act), (votes, a, bv, ba)), bounded=bounded)
+    _finite(pose, act, *_grads((pose, act), (votes, a, bv, ba)))
     ref = em_routing(*(t.detach() for t in (votes, a, bv, ba)), **kw)   # same routing, so the same answer in float64
     if votes.dtype == torch.float64 and (kw['cost'] == 'paper' or votes.shape[-3] > 1):   # one input, article: ill-conditioned
         assert torch.allclose(pose.detach(), ref[0], rtol=1e-6, atol=1e-6 * (1 + ref[0].abs().max().item()))
@@ -82,12 +81,12 @@ def test_em_routing_fast(p, backend):
 @FAST
 @given(problems(max_lead=2), st.floats(0.01, 100.0))
 def test_m_step_and_e_step(p, lam):
-    (votes, a, bv, ba), kw, bounded = p
+    (votes, a, bv, ba), kw = p
     rr = torch.softmax(torch.randn(votes.shape[:-1], dtype=torch.float64), -1).to(votes.dtype)
     mean, stdv, act = m_step(rr, votes, a, bv, ba, lam, kw['cost'], kw['cost_scale'])
     r = e_step(mean, stdv, act, votes)
     assert (stdv > 0).all() and torch.allclose(r.float().sum(-1), torch.ones(r.shape[:-1]), atol=1e-2)
-    _finite(mean, stdv, act, r, *_grads((mean, act, r), (votes, a, bv, ba)), bounded=bounded)
+    _finite(mean, stdv, act, r, *_grads((mean, act, r), (votes, a, bv, ba)))
 
 
 @SLOW
@@ -135,7 +134,7 @@ def test_coord_addition(n, side, dtype, entries):
 @FAST
 @given(problems(max_lead=2), st.sampled_from(('a_in shape', 'beta shape', 'iterations', 'cost', 'cost_scale', 'votes ndim')))
 def test_bad_input_is_a_value_error(p, what):
-    (votes, a, bv, ba), kw, _ = p
+    (votes, a, bv, ba), kw = p
     if what == 'a_in shape': a = torch.rand(*a.shape[:-1], a.shape[-1] + 1, dtype=a.dtype)
     elif what == 'beta shape': bv = torch.zeros(bv.shape[0] + 1, dtype=bv.dtype)
     elif what == 'iterations': kw['iterations'] = 0
