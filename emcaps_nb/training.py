@@ -7,7 +7,7 @@ __all__ = ['MODEL_CONFIGS', 'CHECKPOINT_FORMAT', 'TRAINABILITY_RUNS', 'build_mod
            'autocast_dtype', 'GlobalBatchSampler', 'CheckpointError', 'DivergenceError', 'non_finite',
            'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state', 'Dist', 'init_distributed',
            'class_scores', 'model_loss', 'evaluate', 'limit_dataset', 'count_classes', 'hardware', 'source_commit',
-           'TrainResult', 'train', 'load_model', 'eval_checkpoint']
+           'TrainResult', 'prepare_data', 'train_step', 'Checkpointer', 'train', 'load_model', 'eval_checkpoint']
 
 # %% ../nbs/07_training.ipynb #b7ee6dca
 import json, os, pathlib, platform, random, time
@@ -354,6 +354,69 @@ def _check_resume(saved: dict, cfg: TrainConfig, path):
     diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if k not in free and saved.get(k) != v}
     if diff: raise ValueError(f"cannot resume {path}: the config differs from the saved run in {diff} (saved, given)")
 
+# %% ../nbs/07_training.ipynb #f5461309
+def prepare_data(cfg: TrainConfig, ddp: Dist) -> tuple[Dataset, Dataset, int, int, int]:
+    "The training and test sets `cfg` names (viewpoints and limits applied), their number of classes, channels and image size."
+    if ddp.main:   # only rank 0 may download (or render toynorb); the others wait and then find the files
+        if cfg.dataset == 'toynorb':
+            from emcaps_nb.toynorb import ensure_toynorb
+            ensure_toynorb(cfg.root)
+        train_ds = get_dataset(cfg.dataset, True, cfg.root, cfg.download, cfg.augment)
+    ddp.barrier()
+    if not ddp.main: train_ds = get_dataset(cfg.dataset, True, cfg.root, False, cfg.augment)
+    test_ds = get_dataset(cfg.dataset, False, cfg.root, False, False)
+    if cfg.views:
+        from emcaps_nb.toynorb import select_views
+        train_ds, test_ds = select_views(train_ds, cfg.views), select_views(test_ds, cfg.views)
+    train_ds, test_ds = limit_dataset(train_ds, cfg.train_limit), limit_dataset(test_ds, cfg.test_limit)
+    num_classes, (in_channels, image_size) = count_classes(test_ds), test_ds[0][0].shape[:2]
+    return train_ds, test_ds, num_classes, in_channels, image_size
+
+
+# %% ../nbs/07_training.ipynb #dea8dfbb
+def train_step(model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, cfg: TrainConfig,
+               margin: float, amp: torch.dtype | None, ddp: Dist) -> Tensor | None:
+    "One optimiser step on (x, y); (loss sum, correct, images) in float64, or None if the loss or a gradient was non-finite."
+    with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        scores = class_scores(model(x)).float()
+    loss = model_loss(cfg.model, scores, y, margin)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    finite = torch.isfinite(loss) & torch.stack([torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None]).all()
+    if ddp.world_size > 1: finite = ddp.sum(finite.float().reshape(1)) == ddp.world_size
+    if not bool(finite): return None   # weights and optimiser untouched
+    if cfg.clip_grad_norm: nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad_norm)
+    opt.step()
+    return torch.stack([loss.detach().double() * len(y), (scores.argmax(1) == y).sum().double(),
+                        torch.tensor(len(y), dtype=torch.float64, device=y.device)])
+
+
+# %% ../nbs/07_training.ipynb #2d2865c8
+class Checkpointer:
+    "Saves a run's state into its folder (rank 0 only) and remembers the last good checkpoint."
+    def __init__(self, out: pathlib.Path | None, cfg: TrainConfig, net: nn.Module, opt, sched, loader_gen: torch.Generator,
+                 shapes: dict,                 # num_classes, in_channels, image_size: what load_model needs
+                 resumed_from: str | None,     # the checkpoint a resumed run started from, described
+                 writes: bool = True):         # False: train(out=None), which writes nothing
+        self.out, self.cfg, self.net, self.opt, self.sched, self.loader_gen, self.shapes = out, cfg, net, opt, sched, loader_gen, shapes
+        self.last_good = resumed_from or ('none (no checkpoint written yet)' if writes else 'none (train(out=None) writes no checkpoint)')
+
+    def save(self, epochs_done: int, history: list, steps: list, bad_run: int, partial: dict | None = None):
+        "Checkpoint after `epochs_done` epochs (and, mid-epoch, `partial`: where in the next one)."
+        if (bad := non_finite(self.net.state_dict())):   # finite steps took the weights to an overflow: stop before saving them
+            raise DivergenceError(f"training diverged: {bad} became non-finite in epoch {epochs_done + (partial is not None)}; "
+                                  f"the last good checkpoint is {self.last_good}")
+        if self.out is None: return
+        path = self.out / 'last.pt'
+        state = {'config': asdict(self.cfg), 'epoch': epochs_done, 'partial': partial, 'bad_run': bad_run, 'model': self.net.state_dict(),
+                 'optimizer': self.opt.state_dict(), 'scheduler': self.sched.state_dict(), 'rng': rng_state(self.loader_gen),
+                 'history': history, 'steps': steps, **self.shapes}
+        save_checkpoint(path, state)
+        if self.cfg.keep_epochs and partial is None: save_checkpoint(self.out / f'epoch-{epochs_done}.pt', state)
+        _write_jsonl(self.out / 'metrics.jsonl', history); _write_jsonl(self.out / 'steps.jsonl', steps)
+        self.last_good = f"{path} (epoch {epochs_done}" + (f", step {partial['batches_done']} of epoch {epochs_done + 1})" if partial else ")")
+
+
 # %% ../nbs/07_training.ipynb #51941757
 def train(
     cfg: TrainConfig,              # what to train
@@ -375,19 +438,7 @@ def train(
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {ddp.world_size} processes")
 
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)
-    if ddp.main:   # only rank 0 may download (or render toynorb); the others wait and then find the files
-        if cfg.dataset == 'toynorb':
-            from emcaps_nb.toynorb import ensure_toynorb
-            ensure_toynorb(cfg.root)
-        train_ds = get_dataset(cfg.dataset, True, cfg.root, cfg.download, cfg.augment)
-    ddp.barrier()
-    if not ddp.main: train_ds = get_dataset(cfg.dataset, True, cfg.root, False, cfg.augment)
-    test_ds = get_dataset(cfg.dataset, False, cfg.root, False, False)
-    if cfg.views:
-        from emcaps_nb.toynorb import select_views
-        train_ds, test_ds = select_views(train_ds, cfg.views), select_views(test_ds, cfg.views)
-    train_ds, test_ds = limit_dataset(train_ds, cfg.train_limit), limit_dataset(test_ds, cfg.test_limit)
-    num_classes, (in_channels, image_size) = count_classes(test_ds), test_ds[0][0].shape[:2]
+    train_ds, test_ds, num_classes, in_channels, image_size = prepare_data(cfg, ddp)
 
     net = build_model(cfg.model, in_channels, num_classes, cfg.iterations, cfg.inverse_temperature, image_size=image_size,
                       variant=cfg.variant, spatial_routing=cfg.spatial_routing).to(device)
@@ -415,21 +466,12 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         for f in stale_temporaries(out): f.unlink(missing_ok=True)   # half-written files of a killed run (notebook 00a)
         _write_json(out / 'config.json', {**asdict(cfg), 'world_size': ddp.world_size})
-    last_good = [f'{ckpt_path} (epoch {start}{", mid-epoch" if partial else ""}, as resumed)' if resume and ckpt_path and ckpt_path.exists()
-                 else 'none (no checkpoint written yet)' if out else 'none (train(out=None) writes no checkpoint)']
-    def checkpoint(epochs_done, partial=None):
-        if (bad := non_finite(net.state_dict())):   # finite steps took the weights to an overflow: stop before saving them
-            raise DivergenceError(f"training diverged: {bad} became non-finite in epoch {epochs_done + (partial is not None)}; "
-                                  f"the last good checkpoint is {last_good[0]}")
-        if not (out and ddp.main): return
-        state = {'config': asdict(cfg), 'epoch': epochs_done, 'partial': partial, 'bad_run': bad_run, 'model': net.state_dict(),
-                                    'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(),
-                                    'rng': rng_state(loader_gen), 'history': history, 'steps': steps,
-                                    'num_classes': num_classes, 'in_channels': in_channels, 'image_size': image_size}
-        save_checkpoint(ckpt_path, state)
-        if cfg.keep_epochs and partial is None: save_checkpoint(out / f'epoch-{epochs_done}.pt', state)
-        _write_jsonl(out / 'metrics.jsonl', history); _write_jsonl(out / 'steps.jsonl', steps)
-        last_good[0] = f"{ckpt_path} (epoch {epochs_done}" + (f", step {partial['batches_done']} of epoch {epochs_done + 1})" if partial else ")")
+    resumed = resume and ckpt_path is not None and ckpt_path.exists()
+    saver = Checkpointer(out if ddp.main else None, cfg, net, opt, sched, loader_gen,
+                         dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size),
+                         f'{ckpt_path} (epoch {start}{", mid-epoch" if partial else ""}, as resumed)' if resumed else None,
+                         writes=out is not None)
+    checkpoint = lambda epochs_done, partial=None: saver.save(epochs_done, history, steps, bad_run, partial)
 
     test, began, done_here, stopped = None, time.perf_counter(), 0, False
     for epoch in range(start, cfg.epochs):
@@ -454,24 +496,14 @@ def train(
         bar = _progress(batches, progress and ddp.main, desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False, initial=sampler.skip, total=len(sampler))
         for i, (x, y) in enumerate(bar, start=sampler.skip):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                scores = class_scores(model(x)).float()
-            loss = model_loss(cfg.model, scores, y, margin)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            finite = torch.isfinite(loss) & torch.stack([torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None]).all()
-            if ddp.world_size > 1: finite = ddp.sum(finite.float().reshape(1)) == ddp.world_size
-            if bool(finite):   # a step with a non-finite loss or gradient leaves weights, optimiser and schedule untouched
-                if cfg.clip_grad_norm: nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad_norm)
-                opt.step()
-                batch = torch.stack([loss.detach().double() * len(y), (scores.argmax(1) == y).sum().double(), totals.new_tensor(len(y))])
-                totals += batch; window += batch; bad_run = 0
-            else:
+            batch = train_step(model, net, opt, x, y, cfg, margin, amp, ddp)
+            if batch is not None: totals += batch; window += batch; bad_run = 0
+            else:   # a step with a non-finite loss or gradient left weights, optimiser and schedule untouched
                 skipped += 1; window_skipped += 1; bad_run += 1
                 if hasattr(bar, 'set_postfix'): bar.set_postfix(skipped=skipped)
                 if bad_run >= cfg.max_bad_steps:
                     raise DivergenceError(f"training diverged: {bad_run} consecutive steps with a non-finite loss or gradient, the last "
-                                          f"step {epoch * len(sampler) + i + 1} (epoch {epoch + 1}); the last good checkpoint is {last_good[0]}; "
+                                          f"step {epoch * len(sampler) + i + 1} (epoch {epoch + 1}); the last good checkpoint is {saver.last_good}; "
                                           f"try a lower learning rate (lr) or clip_grad_norm")
             if (i + 1) % cfg.log_every == 0 or i + 1 == len(loader):
                 w = ddp.sum(window).tolist()
