@@ -354,7 +354,7 @@ def _check_resume(saved: dict, cfg: TrainConfig, path):
     diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if k not in free and saved.get(k) != v}
     if diff: raise ValueError(f"cannot resume {path}: the config differs from the saved run in {diff} (saved, given)")
 
-# %% ../nbs/07_training.ipynb #f5461309
+# %% ../nbs/07_training.ipynb #1a374e6e
 def prepare_data(cfg: TrainConfig, ddp: Dist) -> tuple[Dataset, Dataset, int, int, int]:
     "The training and test sets `cfg` names (viewpoints and limits applied), their number of classes, channels and image size."
     if ddp.main:   # only rank 0 may download (or render toynorb); the others wait and then find the files
@@ -373,7 +373,7 @@ def prepare_data(cfg: TrainConfig, ddp: Dist) -> tuple[Dataset, Dataset, int, in
     return train_ds, test_ds, num_classes, in_channels, image_size
 
 
-# %% ../nbs/07_training.ipynb #dea8dfbb
+# %% ../nbs/07_training.ipynb #24f8b079
 def train_step(model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, cfg: TrainConfig,
                margin: float, amp: torch.dtype | None, ddp: Dist) -> Tensor | None:
     "One optimiser step on (x, y); (loss sum, correct, images) in float64, or None if the loss or a gradient was non-finite."
@@ -391,7 +391,7 @@ def train_step(model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, x: 
                         torch.tensor(len(y), dtype=torch.float64, device=y.device)])
 
 
-# %% ../nbs/07_training.ipynb #2d2865c8
+# %% ../nbs/07_training.ipynb #90c4f5c4
 class Checkpointer:
     "Saves a run's state into its folder (rank 0 only) and remembers the last good checkpoint."
     def __init__(self, out: pathlib.Path | None, cfg: TrainConfig, net: nn.Module, opt, sched, loader_gen: torch.Generator,
