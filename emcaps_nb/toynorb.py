@@ -322,10 +322,9 @@ class ToyNORB(SmallNORB):
     "toynorb through smallNORB's reader and preprocessing; rendered into root/toynorb first if it is not there."
     def __init__(self, root='data', train=True, transform='default', size: int = 48, build: bool = True):
         folder = pathlib.Path(root) / 'toynorb'
-        if not (folder / 'toynorb.json').exists():
-            if not build: raise FileNotFoundError(f"no toynorb under {folder}: run emcaps toynorb --root {root}")
-            ensure_toynorb(root)
-        super().__init__(folder, train, transform, size)
+        if not build and not (folder / 'toynorb.json').exists():
+            raise FileNotFoundError(f"no toynorb under {folder}: run emcaps toynorb --root {root}")
+        super().__init__(ensure_toynorb(root), train, transform, size)
 
 # %% ../nbs/06c_toynorb.ipynb #d55bd572
 AZIMUTH_SPLIT = {'familiar': [300, 320, 340, 0, 20, 40], 'novel': list(range(60, 300, 20))}

@@ -23,7 +23,7 @@ BUDGET = 1_500_000   # bytes for all of nbs/*.ipynb (issue 19)
 def slim_png(b64: str) -> str | None:
     "The PNG re-encoded as a palette PNG of at most COLOURS colours, or None if it already is one."
     im = Image.open(io.BytesIO(base64.b64decode(b64)))
-    if im.mode == 'P' and len(im.getcolors(COLOURS + 1) or range(COLOURS + 1)) <= COLOURS: return None
+    if im.mode == 'P' and im.getcolors(COLOURS) is not None: return None   # getcolors: None past COLOURS colours
     im = im.convert('RGBA')
     if im.getextrema()[3][0] == 255: im = im.convert('RGB')   # opaque: no alpha channel to keep
     q = im.quantize(COLOURS, method=Image.Quantize.FASTOCTREE if im.mode == 'RGBA' else Image.Quantize.MEDIANCUT,
