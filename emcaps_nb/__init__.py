@@ -6,6 +6,7 @@ from .mstep import COSTS, m_step
 from .routing import (e_step, e_step_logits, em_routing, em_routing_steps, inverse_temperature_schedule, paper_schedule, RoutingStep,
                       child_softmax, spatial_children, spatial_em_routing, spatial_initial_rr)
 from .fast_routing import BACKENDS, CHUNK_MB, KERNEL_FILES, cpu_kernel, em_routing_fast, kernel_source, vote_and_route
+from .triton_routing import compile_check, triton_available   # registers the triton backend of em_routing_fast
 from .explorer import VoteProblem, vote_clusters, explore_routing, plot_routing, routing_explorer
 from .coordinates import coord_addition, coord_offsets
 from .layers import VARIANTS, PrimaryCaps, ConvCaps, ClassCaps, CapsNet, calibrate_activations, cost_scale_rule

@@ -16,7 +16,7 @@ from torch import Tensor
 EPS = {torch.float32: 1e-8, torch.float64: 1e-8}   # variance floor (the same in both: float64 computes float32's function)
 TINY = {t: torch.finfo(t).tiny ** 0.5 for t in (torch.float32, torch.float64)}  # floor under ln a_j (the E-step)
 MASS = {torch.float32: 1e-6, torch.float64: 1e-6}   # floor, per unit of sum_i R_ij, for sum_i r'_ij where it divides
-SPREAD = {torch.float32: 1e-8, torch.float64: 1e-8} # floor under the variance of the costs across parents (article's cost)
+SPREAD = {torch.float32: 1e-2, torch.float64: 1e-2} # floor under the variance of the costs across parents (article's cost)
 
 # %% ../nbs/02_m_step.ipynb #3167580f
 def _check_broadcast(name, t, shape, expected):
@@ -97,6 +97,6 @@ def m_step(
         a_out = torch.sigmoid(inverse_temperature * (beta_a - cost_scale * cost_j))
     else:
         cost_mean = cost_j.mean(-1, keepdim=True)
-        cost_std = torch.sqrt(((cost_j - cost_mean) ** 2).mean(-1, keepdim=True) + SPREAD[ct])
+        cost_std = torch.sqrt(((cost_j - cost_mean) ** 2).mean(-1, keepdim=True).clamp_min(SPREAD[ct]))
         a_out = torch.sigmoid(inverse_temperature * (beta_a + (cost_mean - cost_j) / cost_std))
     return mean.to(dtype), torch.sqrt(var + EPS[ct]).to(dtype), a_out.to(dtype)

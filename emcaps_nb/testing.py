@@ -69,7 +69,7 @@ def m_step_loop(rr, votes, a_in, beta_v, beta_a, lam, cost='article', cost_scale
                 c_j += (bv[n, o].item() + math.log(math.sqrt(var + eps))) * rs
             costs.append(c_j)
         cm = sum(costs) / O
-        cs = math.sqrt(sum((c - cm) ** 2 for c in costs) / O + spread)
+        cs = math.sqrt(max(sum((c - cm) ** 2 for c in costs) / O, spread))
         for o in range(O):
             z = ba[n, o].item() - cost_scale * costs[o] if cost == 'paper' else ba[n, o].item() + (cm - costs[o]) / cs
             a_out[n, o] = 1 / (1 + math.exp(-lam * z))

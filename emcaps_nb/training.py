@@ -22,7 +22,7 @@ from torch import nn, Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .files import atomic_path, atomic_write, stale_temporaries
-from .layers import VARIANTS, CapsNet, calibrate_activations
+from .layers import ROUTINGS, VARIANTS, CapsNet, calibrate_activations
 from .baseline import CNNBaseline
 from .loss import spread_loss, spread_loss_margin
 from .data import get_dataset
@@ -77,6 +77,7 @@ class TrainConfig:
                                      # with variant 'paper', the final lambda of the paper's schedule
     variant: str = 'article'         # capsules: 'article' (standardised cost, fixed lambda) or 'paper' (notebook 05)
     spatial_routing: bool | None = None # capsules: override the variant's children shared by overlapping parents
+    routing: str = 'auto'            # capsules: which implementation routes (notebook 05's ROUTINGS; all compute the same)
     margin_start: float = 0.2        # spread-loss margin in the first epoch ...
     margin_step: float = 0.1         # ... grows by this after each epoch ...
     margin_max: float = 0.9          # ... up to this
@@ -110,6 +111,7 @@ class TrainConfig:
         if self.amp not in ('auto', 'bf16', 'off'): raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
         if self.variant not in VARIANTS: raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {self.variant!r}")
         if self.spatial_routing not in (None, True, False): raise ValueError(f"spatial_routing must be true, false or null, got {self.spatial_routing!r}")
+        if self.routing not in ROUTINGS: raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
         if self.clip_grad_norm is not None and not (isinstance(self.clip_grad_norm, (int, float)) and self.clip_grad_norm > 0):
             raise ValueError(f"clip_grad_norm must be a positive number or None, got {self.clip_grad_norm!r}")
         lam = self.inverse_temperature
@@ -441,7 +443,7 @@ def train(
     train_ds, test_ds, num_classes, in_channels, image_size = prepare_data(cfg, ddp)
 
     net = build_model(cfg.model, in_channels, num_classes, cfg.iterations, cfg.inverse_temperature, image_size=image_size,
-                      variant=cfg.variant, spatial_routing=cfg.spatial_routing).to(device)
+                      variant=cfg.variant, spatial_routing=cfg.spatial_routing, routing=cfg.routing).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     loader_gen = torch.Generator().manual_seed(cfg.seed)

@@ -4,8 +4,9 @@ Run on a machine with a GPU: `python tools/cuda_check.py`. It checks that `em_ro
 `em_routing` on the GPU (outputs and gradients, float64 and float32, degenerate inputs included), that the GPU
 agrees with the CPU, that a whole `CapsNet` gives the same scores with both paths and trains under bfloat16
 autocast, and times the fast path for several chunk sizes (the `chunk_mb` argument) to show what chunking costs there.
+Both GPU backends of `em_routing_fast` are checked and timed: `chunked` and the Triton kernels of notebook 04b.
 """
-import json, sys, time
+import functools, json, sys, time
 
 import torch
 
@@ -35,18 +36,20 @@ def outputs_and_grads(route, ts, iterations):
 
 def equality(device):
     names = ['pose', 'a_out', 'd_votes', 'd_a_in', 'd_beta_v', 'd_beta_a']
-    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
-        for shape in ((3, 5, 4, 16), (2, 2, 2, 18, 8, 16), (4, 512, 10, 16)):
+    for backend in ('chunked', 'triton'):
+      fast_routing = functools.partial(em_routing_fast, backend=backend)
+      for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        for shape in ((3, 5, 4, 16), (2, 2, 2, 18, 8, 16), (4, 512, 10, 16), (2, 2, 288, 32, 16)):
             for kind in ('random', 'zero_activations', 'identical_votes'):
                 for it in (1, 3):
                     ts = inputs(shape, dtype, device, kind)
-                    fast, lit = outputs_and_grads(em_routing_fast, ts, it), outputs_and_grads(em_routing, ts, it)
+                    fast, lit = outputs_and_grads(fast_routing, ts, it), outputs_and_grads(em_routing, ts, it)
                     # identical votes: every variance sits at the floor EPS, and the gradients are of order 1/EPS and
                     # ill-conditioned (see the fast-routing notebook); there only the outputs are compared
                     n_cmp = 2 if kind == 'identical_votes' else len(names)
                     errs = {n: rel_err(f, l) for n, f, l in list(zip(names, fast, lit))[:n_cmp]}
                     finite = all(torch.isfinite(t).all().item() for t in fast)
-                    emit(check='fast_vs_literal', device=device, dtype=str(dtype)[6:], shape=shape, inputs=kind,
+                    emit(check='fast_vs_literal', backend=backend, device=device, dtype=str(dtype)[6:], shape=shape, inputs=kind,
                          iterations=it, max_rel_err=max(errs.values()), finite=finite,
                          ok=finite and max(errs.values()) <= tol)
     ts = inputs((2, 2, 2, 18, 8, 16), torch.float64, device)
@@ -79,16 +82,16 @@ def network(device):
 def chunk_sweep(device):
     for batch in (8, 32):
         ts = inputs((batch, 6, 6, 288, 32, 16), torch.float32, device)
-        for chunk_mb in (16, 64, 256, 1024, 4096):
+        for backend, chunk_mb in [('chunked', mb) for mb in (16, 64, 256, 1024, 4096)] + [('triton', None)]:
             def step():
-                pose, act = em_routing_fast(*ts, iterations=2, chunk_mb=chunk_mb)
+                pose, act = em_routing_fast(*ts, iterations=2, chunk_mb=chunk_mb, backend=backend)
                 torch.autograd.grad(pose.square().mean() + act.sum(), ts)
             step(); torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             times = []
             for _ in range(5):
                 t0 = time.perf_counter(); step(); torch.cuda.synchronize(); times.append(time.perf_counter() - t0)
-            emit(check='chunk_sweep', case='convcaps1', batch=batch, chunk_mb=chunk_mb, iterations=2,
+            emit(check='chunk_sweep', backend=backend, case='convcaps1', batch=batch, chunk_mb=chunk_mb, iterations=2,
                  images_per_s=round(batch / sorted(times)[2], 1), peak_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1))
 
 if __name__ == '__main__':

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU session: equality checks of the fast routing on CUDA, the routing benchmark, and two
+# One prepared GPU session: equality checks of the fast routing on CUDA (chunked and Triton), the routing benchmark, and two
 # Fashion-MNIST trainings (capsule `paper` and `small`, run side by side for a fixed time), each stopped run
 # then evaluated on the whole test set. Everything lands in $OUT (default: gpu-out/):
 #   check.jsonl, bench.jsonl, train-*.log and gpu.tar.gz (the run folders).
@@ -18,14 +18,18 @@ if [ -d .gpudata/fashion-mnist ] && [ ! -d /usr/share/datasets/fashion-mnist ]; 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RUNS/gpu.txt"
 python3 -c 'import torch, sys; print("torch", torch.__version__, "python", sys.version.split()[0])' | tee -a "$RUNS/gpu.txt"
 t0=$SECONDS
-timeout 100 python3 tools/cuda_check.py > "$OUT/check.jsonl" 2>&1; echo "check rc=$? $((SECONDS - t0)) s"
+timeout 160 python3 tools/cuda_check.py > "$OUT/check.jsonl" 2>&1; echo "check rc=$? $((SECONDS - t0)) s"
 grep -c '"ok": true' "$OUT/check.jsonl"; grep '"ok": false' "$OUT/check.jsonl"; grep chunk_sweep "$OUT/check.jsonl"
 t0=$SECONDS
 timeout 140 python3 -m emcaps_nb.bench --device cuda --repeats 10 > "$OUT/bench.jsonl" 2>&1; echo "bench rc=$? $((SECONDS - t0)) s"
+t0=$SECONDS   # a training step at batch 64 with the chunked routing and with the Triton kernels (notebook 04b)
+timeout 90 python3 -m emcaps_nb.bench --device cuda --repeats 10 --case train_step --batch 64 --impl chunked --impl triton \
+  >> "$OUT/bench.jsonl" 2>&1; echo "bench b64 rc=$? $((SECONDS - t0)) s"
 cat "$OUT/bench.jsonl"
 t0=$SECONDS
-for m in paper small; do
-  timeout $(python3 -c "print(int($TRAIN_MIN * 60 + 45))") python3 -m emcaps_nb.cli train --dataset fashion-mnist --model $m \
+for m in paper small; do   # the paper-sized network routes with the Triton kernels of notebook 04b
+  routing=$([ $m = paper ] && echo triton || echo auto)
+  timeout $(python3 -c "print(int($TRAIN_MIN * 60 + 45))") python3 -m emcaps_nb.cli train --dataset fashion-mnist --model $m --routing $routing \
     --epochs 12 --workers 5 --time-limit $TRAIN_MIN --checkpoint-every 200 --no-progress \
     --out "$RUNS/fashion-mnist-$m" > "$OUT/train-$m.log" 2>&1 &
 done

@@ -48,6 +48,10 @@ void iter_backward(const Shape& s, const T* __restrict V, const T* __restrict a,
       gS[j] = lam * gz;  // gu_j for now
       sgk += gS[j] * (cost[j] - cm);
     }
+    // sd = sqrt(max(mean k^2, SPREAD)): where the floor binds, sd is a constant
+    T cv = 0;
+    for (int64_t j = 0; j < O; ++j) cv += (cost[j] - cm) * (cost[j] - cm);
+    if (cv / T(O) < T(s.spread)) sgk = 0;
     T gkm = 0;
     for (int64_t j = 0; j < O; ++j) {
       gS[j] = -gS[j] / sd + sgk * (cost[j] - cm) / (T(O) * sd * sd * sd);  // gk_j

@@ -20,7 +20,7 @@ struct Shape {
   int iters;               // routing iterations
   int cost;                // COST_ARTICLE or COST_PAPER
   double cost_scale;       // the paper's cost is multiplied by it (the layers' parents/children rule)
-  double spread;           // the article's cost: floor under the variance of the costs across parents
+  double spread;           // the article's cost: floor under the variance of the costs across parents (a max)
 };
 
 // What one iteration keeps for the backward pass: R (I*O), mu, var, sum_i c d (O*H each), a, S, cost (O), mean and

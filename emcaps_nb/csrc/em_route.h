@@ -57,7 +57,7 @@ void iter_forward(const Shape& s, const T* __restrict V, const T* __restrict a, 
   } else {
     T cv = 0;
     for (int64_t j = 0; j < O; ++j) cv += (cost[j] - cm) * (cost[j] - cm);
-    sd = std::sqrt(cv / T(O) + T(s.spread));
+    sd = std::sqrt(std::max(cv / T(O), T(s.spread)));  // the costs' variance, floored
     for (int64_t j = 0; j < O; ++j) A[j] = sigmoid(lam * (ba[j] + (cm - cost[j]) / sd));
   }
   if (st) {
