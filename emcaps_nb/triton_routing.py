@@ -313,6 +313,8 @@ def _forward(votes, pose, W, offset, a, bv, ba, lambdas, cost, cost_scale, save,
     (n, I), O = a.shape, bv.shape[1]
     fused = votes is None
     H = (pose if fused else votes).shape[-1]
+    if n * I * O * H >= 2**31:   # the kernels index with 32-bit integers
+        raise ValueError(f"backend='triton' routes at most 2**31 vote entries at once, got {n} x {I} x {O} x {H}: route the batch in parts")
     P, b, iters, dt, dev = round(H ** 0.5), _blocks(O, H), len(lambdas), a.dtype, a.device
     R = torch.empty(n, iters if save else 1, I, O, dtype=dt, device=dev) if rr is None else rr
     st = torch.empty(n, iters, _state_size(b), dtype=dt, device=dev) if save else R
