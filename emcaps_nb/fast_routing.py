@@ -364,11 +364,10 @@ def vote_and_route(
 
 # %% ../nbs/04a_fast_routing.ipynb #b8dec007
 def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale):
-    "vote_and_route with children shared by overlapping parents: the kernel one iteration at a time, or spatial_em_routing."
+    "vote_and_route with children shared by overlapping parents: a kernel one iteration at a time, or spatial_em_routing."
     (N, OH, OW, I), (Iw, O, P, _) = pose.shape[:4], W.shape
     b = _backend(backend, pose.device)
-    if b == 'triton': return _spatial_triton(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale)
-    if b != 'cpp':
+    if b == 'chunked':
         votes = mat_transform(pose.unflatten(-3, (I // Iw, Iw)), W).flatten(-4, -3)   # (N, OH, OW, I, O, h)
         return spatial_em_routing(votes, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale)
     lambdas = check_routing(torch.empty(N, OH, OW, I, O, P * P, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
@@ -376,32 +375,19 @@ def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations,
     dtype = torch.promote_types(pose.dtype, W.dtype)
     ct = routing_dtype(torch.empty(0, dtype=dtype))
     n = N * OH * OW
-    M, Wc = to_routing(pose, ct).reshape(n, I, P * P).contiguous(), to_routing(W, ct).reshape(Iw, O, P * P).contiguous()
     a = to_routing(a_in, ct).reshape(n, I).contiguous()
     bv, ba = (to_routing(t, ct).expand(N, OH, OW, O).reshape(n, O).contiguous() for t in (beta_v, beta_a))
-    n_children = int(children.max()) + 1
-    rr = spatial_initial_rr(children, O, ct).expand(N, OH, OW, I, O).reshape(n, I, O).contiguous()
-    save = _saves(pose, W, a_in, beta_v, beta_a)
-    for t, lam in enumerate(lambdas):
-        estep = t < len(lambdas) - 1
-        mean, act, x = _CpuStep.apply(M, Wc, a, bv, ba, rr, float(lam), estep, save, cost, float(cost_scale))
-        if estep: rr = child_softmax(x.view(N, OH, OW, I, O), children, n_children).reshape(n, I, O).contiguous()
-    return mean.reshape(N, OH, OW, O, P * P).to(dtype), act.reshape(N, OH, OW, O).to(dtype)
-
-def _spatial_triton(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale):
-    "Spatial routing with 04b's Triton step: votes made by PyTorch, each iteration one kernel launch, the softmax over a child's parents here."
-    (N, OH, OW, I), (Iw, O, P, _) = pose.shape[:4], W.shape
-    lambdas = check_routing(torch.empty(N, OH, OW, I, O, P * P, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
-    dtype = torch.promote_types(pose.dtype, W.dtype)
-    ct = routing_dtype(torch.empty(0, dtype=dtype))
-    n = N * OH * OW
-    votes = mat_transform(to_routing(pose, ct).unflatten(-3, (I // Iw, Iw)), to_routing(W, ct)).flatten(-4, -3).reshape(n, I, O, P * P).contiguous()
-    a = to_routing(a_in, ct).reshape(n, I).contiguous()
-    bv, ba = (to_routing(t, ct).expand(N, OH, OW, O).reshape(n, O).contiguous() for t in (beta_v, beta_a))
+    if b == 'cpp':   # the votes made inside the kernel
+        M, Wc = to_routing(pose, ct).reshape(n, I, P * P).contiguous(), to_routing(W, ct).reshape(Iw, O, P * P).contiguous()
+        save = _saves(pose, W, a_in, beta_v, beta_a)
+        step = lambda rr, lam, estep: _CpuStep.apply(M, Wc, a, bv, ba, rr, lam, estep, save, cost, float(cost_scale))
+    else:            # 04b's Triton step, on votes made by PyTorch (its backward reads them)
+        votes = mat_transform(to_routing(pose, ct).unflatten(-3, (I // Iw, Iw)), to_routing(W, ct)).flatten(-4, -3).reshape(n, I, O, P * P).contiguous()
+        step = lambda rr, lam, estep: ROUTERS['triton step'](votes, a, bv, ba, rr, lam, estep, cost, float(cost_scale))
     n_children = int(children.max()) + 1
     rr = spatial_initial_rr(children, O, ct).expand(N, OH, OW, I, O).reshape(n, I, O).contiguous()
     for t, lam in enumerate(lambdas):
         estep = t < len(lambdas) - 1
-        mean, act, x = ROUTERS['triton step'](votes, a, bv, ba, rr, lam, estep, cost, float(cost_scale))
+        mean, act, x = step(rr, float(lam), estep)
         if estep: rr = child_softmax(x.view(N, OH, OW, I, O), children, n_children).reshape(n, I, O).contiguous()
     return mean.reshape(N, OH, OW, O, P * P).to(dtype), act.reshape(N, OH, OW, O).to(dtype)

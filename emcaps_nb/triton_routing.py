@@ -43,6 +43,10 @@ def _votes_block(V_ptr, M_ptr, W_ptr, off_ptr, n, i0, I, O, Iw, H, P,
         v = tl.load(V_ptr + ((n * I + ii) * O + oo) * H + hh, mask=mask, other=0.0)
     return v
 
+def _floors(consts_ptr):
+    "Notebook 02's floors and the cost scale, as _consts wrote them (in the routing dtype)."
+    return tl.load(consts_ptr), tl.load(consts_ptr + 1), tl.load(consts_ptr + 2), tl.load(consts_ptr + 3), tl.load(consts_ptr + 4)
+
 # %% ../nbs/04b_triton_routing.ipynb #d0beef8b
 def _route_fwd(V_ptr, M_ptr, W_ptr, off_ptr, a_ptr, bv_ptr, ba_ptr, lam_ptr, consts_ptr,
               R_ptr, st_ptr, mean_ptr, act_ptr, X_ptr, I, O, Iw, H, P, iters,
@@ -53,8 +57,7 @@ def _route_fwd(V_ptr, M_ptr, W_ptr, off_ptr, a_ptr, bv_ptr, ba_ptr, lam_ptr, con
     mu, var (O x H) and a, S, cost (O) of each iteration go to st_ptr for the backward pass. STEP: one iteration from the
     assignments R_ptr holds (iters = 1), and with ESTEP the E-step's logits x_ij = ln a_j + ln p_ij to X_ptr (n, I, O)."""
     n = tl.program_id(0)
-    eps, tiny = tl.load(consts_ptr), tl.load(consts_ptr + 1)   # notebook 02's floors, in the routing dtype
-    mass, spread, cost_scale = tl.load(consts_ptr + 2), tl.load(consts_ptr + 3), tl.load(consts_ptr + 4)
+    eps, tiny, mass, spread, cost_scale = _floors(consts_ptr)
     oo = tl.arange(0, BO)
     hh = tl.arange(0, HB)
     omask, hmask = oo < O, hh < H
@@ -145,8 +148,7 @@ def _route_bwd(V_ptr, a_ptr, bv_ptr, lam_ptr, consts_ptr, R_ptr, st_ptr, gmean_p
     iteration from given assignments; with ESTEP the gradient of its E-step's logits comes in gX_ptr (n, I, O), and the
     gradient of the assignments goes out in gR_ptr."""
     n = tl.program_id(0)
-    eps, tiny = tl.load(consts_ptr), tl.load(consts_ptr + 1)
-    mass, spread, cost_scale = tl.load(consts_ptr + 2), tl.load(consts_ptr + 3), tl.load(consts_ptr + 4)
+    eps, tiny, mass, spread, cost_scale = _floors(consts_ptr)
     oo = tl.arange(0, BO)
     hh = tl.arange(0, HB)
     omask, hmask = oo < O, hh < H
@@ -287,7 +289,7 @@ def _kernels():
         g = types.FunctionType(f.__code__, scope, f.__name__)
         g.__module__, g.__qualname__, g.__doc__ = f.__module__, f.__qualname__, f.__doc__
         return triton.jit(g)
-    scope['_votes_block'] = jit(_votes_block)
+    scope['_votes_block'], scope['_floors'] = jit(_votes_block), jit(_floors)
     return jit(_route_fwd), jit(_route_bwd)
 
 def _check_device(t: Tensor):
@@ -304,9 +306,15 @@ def _blocks(O: int, H: int, BI: int = 16) -> dict:
 
 def _state_size(b: dict) -> int: return 2 * b['BO'] * b['HB'] + 3 * b['BO']   # mu and var (BO x HB), a, S, cost (BO)
 
-def _consts(dtype: torch.dtype, cost_scale: float, device) -> Tensor:
+@functools.lru_cache(maxsize=256)   # made once per setting: no host-to-device copy per call
+def _consts(dtype: torch.dtype, cost_scale: float, device: torch.device) -> Tensor:
     "Notebook 02's floors and the cost scale, in the routing dtype."
     return torch.tensor([EPS[dtype], TINY[dtype], MASS[dtype], SPREAD[dtype], cost_scale], dtype=dtype, device=device)
+
+@functools.lru_cache(maxsize=256)
+def _lambdas(lambdas: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    "The inverse temperature of each iteration, in the routing dtype."
+    return torch.tensor(lambdas, dtype=dtype, device=device)
 
 def _forward(votes, pose, W, offset, a, bv, ba, lambdas, cost, cost_scale, save, rr=None, estep=False):
     "Launch the forward kernel on votes (n, I, O, h), or on poses (n, I, h) with W (Iw, O, h) and offsets (I, h); rr: one step from it."
@@ -320,7 +328,7 @@ def _forward(votes, pose, W, offset, a, bv, ba, lambdas, cost, cost_scale, save,
     st = torch.empty(n, iters, _state_size(b), dtype=dt, device=dev) if save else R
     mean, act = torch.empty(n, O, H, dtype=dt, device=dev), torch.empty(n, O, dtype=dt, device=dev)
     X = torch.empty(n, I, O, dtype=dt, device=dev) if estep else act   # the step's E-step logits
-    lam, consts = torch.tensor(lambdas, dtype=dt, device=dev), _consts(dt, cost_scale, dev)
+    lam, consts = _lambdas(tuple(lambdas), dt, dev), _consts(dt, cost_scale, dev)
     if n:
         src = pose if fused else votes
         fwd, _ = _kernels()
@@ -329,27 +337,30 @@ def _forward(votes, pose, W, offset, a, bv, ba, lambdas, cost, cost_scale, save,
                   PAPER=cost == 'paper', SAVE=save, STEP=rr is not None, ESTEP=estep, **b)
     return mean, act, X, (lam, consts, R, st)
 
+def _backward(ctx, g_mean, g_act, g_x):
+    "The backward kernel for _TritonRouting (all iterations) and _TritonStep (one, from given R, with the logits' gradient g_x)."
+    votes, a, bv, lam, consts, R, st = ctx.saved_tensors
+    n, I, O, H = votes.shape
+    gV, ga, gbv, gba = torch.zeros_like(votes), torch.zeros_like(a), torch.empty_like(bv), torch.empty_like(bv)
+    gR = torch.zeros(n, I, O, dtype=votes.dtype, device=votes.device)   # the gradient of R, one iteration at a time
+    if n:
+        _, bwd = _kernels()
+        bwd[(n,)](votes, a, bv, lam, consts, R, st, g_mean.contiguous(), g_act.contiguous(), gR if g_x is None else g_x.contiguous(),
+                  gR, gV, ga, gbv, gba, I, O, H, lam.numel(), PAPER=ctx.paper, STEP=ctx.step, ESTEP=g_x is not None, **_blocks(O, H))
+    return (gV, ga, gbv, gba) + ((gR,) if ctx.step else ())
+
 class _TritonRouting(torch.autograd.Function):
     "EM routing of n problems in the forward kernel; backward in the backward kernel, from the state the forward saved."
     @staticmethod
     def forward(ctx, votes, a, bv, ba, lambdas, cost, cost_scale, save):
         mean, act, _, state = _forward(votes, None, None, None, a, bv, ba, lambdas, cost, cost_scale, save)
         if save: ctx.save_for_backward(votes, a, bv, *state)
-        ctx.paper = cost == 'paper'
+        ctx.paper, ctx.step = cost == 'paper', False
         return mean, act
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_mean, g_act):
-        votes, a, bv, lam, consts, R, st = ctx.saved_tensors
-        n, I, O, H = votes.shape
-        gV, ga, gbv, gba = torch.zeros_like(votes), torch.zeros_like(a), torch.empty_like(bv), torch.empty_like(bv)
-        gR = torch.zeros(n, I, O, dtype=votes.dtype, device=votes.device)   # the gradient of R, one iteration at a time
-        if n:
-            _, bwd = _kernels()
-            bwd[(n,)](votes, a, bv, lam, consts, R, st, g_mean.contiguous(), g_act.contiguous(), gR, gR, gV, ga, gbv, gba,
-                      I, O, H, lam.numel(), PAPER=ctx.paper, STEP=False, ESTEP=False, **_blocks(O, H))
-        return gV, ga, gbv, gba, None, None, None, None
+    def backward(ctx, g_mean, g_act): return (*_backward(ctx, g_mean, g_act, None), None, None, None, None)
 
 class _TritonStep(torch.autograd.Function):
     "One EM iteration from given assignments rr: mu, a and (if estep) the E-step's logits; for children shared by overlapping parents."
@@ -358,21 +369,12 @@ class _TritonStep(torch.autograd.Function):
         mean, act, x, state = _forward(votes, None, None, None, a, bv, ba, [lam], cost, cost_scale, save, rr=rr, estep=estep)
         if not estep: x = a.new_empty(0); ctx.mark_non_differentiable(x)
         if save: ctx.save_for_backward(votes, a, bv, *state)
-        ctx.paper, ctx.estep = cost == 'paper', estep
+        ctx.paper, ctx.step, ctx.estep = cost == 'paper', True, estep
         return mean, act, x
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_mean, g_act, g_x):
-        votes, a, bv, lam, consts, R, st = ctx.saved_tensors
-        n, I, O, H = votes.shape
-        gV, ga, gbv, gba = torch.zeros_like(votes), torch.zeros_like(a), torch.empty_like(bv), torch.empty_like(bv)
-        gR = torch.zeros(n, I, O, dtype=votes.dtype, device=votes.device)   # out: the gradient of the given assignments
-        if n:
-            _, bwd = _kernels()
-            bwd[(n,)](votes, a, bv, lam, consts, R, st, g_mean.contiguous(), g_act.contiguous(), g_x.contiguous() if ctx.estep else gR,
-                      gR, gV, ga, gbv, gba, I, O, H, 1, PAPER=ctx.paper, STEP=True, ESTEP=ctx.estep, **_blocks(O, H))
-        return gV, ga, gbv, gba, gR, None, None, None, None, None
+    def backward(ctx, g_mean, g_act, g_x): return (*_backward(ctx, g_mean, g_act, g_x if ctx.estep else None), None, None, None, None, None)
 
 # %% ../nbs/04b_triton_routing.ipynb #5045a85e
 def _route(votes, a, beta_v, beta_a, lambdas, cost, cost_scale):

@@ -14,28 +14,21 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import emcaps_nb.routing as routing
 from emcaps_nb.data import get_dataset
-from emcaps_nb.mstep import EPS, MASS, TINY, m_step
+from emcaps_nb.mstep import m_step
 from emcaps_nb.training import load_model
 
 IMAGES = 300
 _layer, _seen = [None], {}
 
 
-def _cost_variance(rr, votes, a_in, beta_v, ct):
-    "The article's cost_j (notebook 02's formula) and its variance across the parents, per problem."
-    r = rr * a_in[..., None]; r_sum = r.sum(-2)
-    coeff = (r / torch.maximum(r_sum, MASS[ct] * rr.sum(-2)).clamp_min(TINY[ct])[..., None, :])[..., None]
-    mean = (coeff * votes).sum(-3)
-    var = (coeff * (votes - mean[..., None, :, :]) ** 2).sum(-3)
-    cost = ((beta_v[..., None] + 0.5 * torch.log(var + EPS[ct])) * r_sum[..., None]).sum(-1)
-    return ((cost - cost.mean(-1, keepdim=True)) ** 2).mean(-1).flatten()
-
-
 def _recording_m_step(rr, votes, a_in, beta_v, beta_a, lam, cost='article', cost_scale=1.0):
+    "m_step, noting the variance across parents of the article's cost_j = sum_h (beta_v + ln sigma_j^h) sum_i r'_ij."
+    mean, stdv, a_out = m_step(rr, votes, a_in, beta_v, beta_a, lam, cost, cost_scale)
     if cost == 'article':
         with torch.no_grad():
-            _seen.setdefault(_layer[0], []).append(_cost_variance(rr, votes, a_in, beta_v, votes.dtype).double())
-    return m_step(rr, votes, a_in, beta_v, beta_a, lam, cost, cost_scale)
+            cost_j = ((beta_v[..., None] + stdv.log()) * (rr * a_in[..., None]).sum(-2)[..., None]).sum(-1)
+            _seen.setdefault(_layer[0], []).append(((cost_j - cost_j.mean(-1, keepdim=True)) ** 2).mean(-1).flatten().double())
+    return mean, stdv, a_out
 
 
 def measure(path) -> dict | None:
