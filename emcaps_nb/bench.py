@@ -19,7 +19,7 @@ CASES = {  # name: (default batch, routing shape without the batch)
     'convcaps1-layer': (8, None),    # the ConvCaps1 layer (votes made inside), each position routing on its own
     'convcaps1-spatial': (8, None),  # the same layer with children shared by overlapping parents
 }
-IMPLS = ('literal', 'chunked', 'cpp', 'triton')   # the names of the layers' routing and of em_routing_fast's backend
+IMPLS = ('literal', 'chunked', 'compiled', 'cpp', 'triton')   # the names of the layers' routing and of em_routing_fast's backend
 
 # %% ../nbs/06d_bench.ipynb #e78576af
 def _status_kb(field):
@@ -131,8 +131,8 @@ def main(argv=None, prog='python -m emcaps_nb.bench'):  # prog: `emcaps bench` w
     batch, repeats = (2, 1) if args.quick else (args.batch, args.repeats)
     rows = []
     for case in args.case or list(CASES):
-        on = torch.device(args.device).type   # by default the kernel where it runs: cpp on the CPU, triton on CUDA
-        for impl in args.impl or [i for i in IMPLS if (i != 'cpp' or on == 'cpu') and (i != 'triton' or on == 'cuda')]:
+        on = torch.device(args.device).type   # by default: cpp on the CPU; triton and compiled on CUDA
+        for impl in args.impl or [i for i in IMPLS if (i != 'cpp' or on == 'cpu') and (i not in ('triton', 'compiled') or on == 'cuda')]:
             rows.append(run_isolated(case, impl, batch, args.device, repeats))
             print(json.dumps(rows[-1]), flush=True)
     return rows

@@ -26,7 +26,7 @@ def train_cmd(
     inverse_temperature: str = None, # lambda of every routing iteration, or 'article' (default 0.01); paper variant: the final lambda
     variant: str = None,        # capsules: article (standardised cost, fixed lambda) or paper (the paper's cost, schedule, routing)
     spatial_routing: str = None,# capsules: on or off, overriding the variant (paper: on)
-    routing: str = None,        # capsules: auto, chunked, cpp, triton or literal (default auto: the kernel on the CPU, chunked on CUDA)
+    routing: str = None,        # capsules: auto, chunked, compiled, cpp, triton or literal (default auto: the kernel on the CPU, chunked on CUDA)
     out: str = None,            # run directory (default runs/DATASET-CONFIG)
     resume: bool = False,       # continue the run in --out from its last checkpoint
     device: str = None,         # auto, cpu, cuda, cuda:1, mps (default auto)

@@ -61,11 +61,11 @@ def _route_chunk(
 class _ChunkedRouting(torch.autograd.Function):
     "EM routing of `n` independent problems, chunk by chunk; backward recomputes each chunk."
     @staticmethod
-    def forward(ctx, votes, a, beta_v, beta_a, lambdas, chunk, cost, cost_scale):
-        # votes (n, I, O, h), a (n, I), beta_v and beta_a (n, O); autograd is off in here
+    def forward(ctx, votes, a, beta_v, beta_a, lambdas, chunk, cost, cost_scale, route=_route_chunk):
+        # votes (n, I, O, h), a (n, I), beta_v and beta_a (n, O); autograd is off in here. route: _route_chunk, or it compiled
         ctx.save_for_backward(votes, a, beta_v, beta_a)
-        ctx.lambdas, ctx.chunk, ctx.cost = lambdas, chunk, (cost, cost_scale)
-        outs = [_route_chunk(*args, lambdas, cost, cost_scale) for args in zip(votes.split(chunk), a.split(chunk), beta_v.split(chunk), beta_a.split(chunk))]
+        ctx.lambdas, ctx.chunk, ctx.cost, ctx.route = lambdas, chunk, (cost, cost_scale), route
+        outs = [route(*args, lambdas, cost, cost_scale) for args in zip(votes.split(chunk), a.split(chunk), beta_v.split(chunk), beta_a.split(chunk))]
         return tuple(torch.cat(t) for t in zip(*outs))
 
     @staticmethod
@@ -76,7 +76,7 @@ class _ChunkedRouting(torch.autograd.Function):
         for s in range(0, inputs[0].shape[0], ctx.chunk):
             part = [t[s:s + ctx.chunk].detach().requires_grad_(k) for t, k in zip(inputs, need)]
             with torch.enable_grad():
-                mean, act = _route_chunk(*part, ctx.lambdas, *ctx.cost)
+                mean, act = ctx.route(*part, ctx.lambdas, *ctx.cost)
                 wrt = [p for p in part if p.requires_grad]
                 got = iter(torch.autograd.grad((mean, act), wrt, (g_mean[s:s + ctx.chunk], g_act[s:s + ctx.chunk]), allow_unused=True))
             for g, p in zip(grads, part):
@@ -84,7 +84,7 @@ class _ChunkedRouting(torch.autograd.Function):
                     d = next(got)
                     if d is None: g[s:s + ctx.chunk] = 0
                     else: g[s:s + ctx.chunk] = d
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 # %% ../nbs/04a_fast_routing.ipynb #0aa2a762
 KERNEL_DIR = Path(str(importlib.resources.files('emcaps_nb') / 'csrc'))   # the kernel's C++ sources, package data
@@ -256,15 +256,15 @@ class _CpuStep(torch.autograd.Function):
         return g_pose, g_W, g_a, g_bv, g_ba, g_rr, None, None, None, None, None
 
 # %% ../nbs/04a_fast_routing.ipynb #a938bb70
-BACKENDS = ('auto', 'cpp', 'chunked', 'triton')
-ROUTERS = {}   # backends that later notebooks add, by name: 04b's 'triton' (and 'triton votes', its forward from poses)
+BACKENDS = ('auto', 'cpp', 'chunked', 'compiled', 'triton')
+ROUTERS = {}   # backends that later notebooks add, by name: 04b's 'triton' (votes given), 'triton votes' (from poses), 'triton step' (one iteration)
 
 def _backend(backend: str, device: torch.device) -> str:
-    "Which implementation routes: the compiled kernel ('cpp'), the chunked PyTorch routing ('chunked') or 04b's 'triton'."
+    "Which implementation routes: the C++ kernel ('cpp'), the chunked PyTorch routing ('chunked'), it under torch.compile ('compiled') or 04b's 'triton'."
     if backend == 'torch':   # its name before the one vocabulary of notebook 06d
         warnings.warn("backend='torch' is now backend='chunked'", DeprecationWarning, stacklevel=3); backend = 'chunked'
     if backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == 'chunked': return 'chunked'
+    if backend in ('chunked', 'compiled'): return backend
     if backend == 'triton':
         if 'triton' not in ROUTERS: raise RuntimeError("backend='triton' comes with emcaps_nb.triton_routing (notebook 04b): import emcaps_nb")
         return 'triton'
@@ -273,6 +273,11 @@ def _backend(backend: str, device: torch.device) -> str:
         raise RuntimeError(f"backend='cpp' needs tensors on the CPU and the compiled kernel; got device {device}"
                            + ('' if device.type != 'cpu' else ' and no kernel (see the warning of cpu_kernel())'))
     return 'chunked'
+@functools.cache
+def _compiled(fn):
+    "`fn` under `torch.compile` (TorchInductor), made on first use: backend='compiled'."
+    return torch.compile(fn)
+
 
 # %% ../nbs/04a_fast_routing.ipynb #64ad13fb
 CHUNK_MB = {'cpu': 16.0, 'cuda': 256.0}  # default chunk size by device type (measured: see below)
@@ -285,7 +290,7 @@ def em_routing_fast(
     iterations: int = 3,     # routing iterations
     schedule: Schedule = inverse_temperature_schedule, # iterations -> list of lambda
     chunk_mb: float | None = None, # 'chunked' backend: votes routed at once, in MB of the routing dtype; None: CHUNK_MB[device type]
-    backend: str = 'auto',   # 'auto', 'cpp' (the compiled CPU kernel) or 'chunked' (chunked PyTorch)
+    backend: str = 'auto',   # 'auto', 'cpp' (the C++ CPU kernel), 'chunked' (chunked PyTorch), 'compiled' (it under torch.compile) or 'triton'
     cost: str = 'article',   # the M-step's activation cost: 'article' or 'paper' (notebook 02)
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
 ) -> tuple[Tensor, Tensor]:  # pose (..., O, h) and activation a_out (..., O)
@@ -308,7 +313,8 @@ def em_routing_fast(
         return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
     chunk_mb = CHUNK_MB.get(votes.device.type, 16.0) if chunk_mb is None else chunk_mb
     chunk = max(1, int(chunk_mb * 2**20) // (I * O * H * torch.finfo(ct).bits // 8))
-    mean, a_out = _ChunkedRouting.apply(v, a, bv, ba, lambdas, chunk, cost, float(cost_scale))
+    route = _compiled(_route_chunk) if b == 'compiled' else _route_chunk
+    mean, a_out = _ChunkedRouting.apply(v, a, bv, ba, lambdas, chunk, cost, float(cost_scale), route)
     return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
 
 # %% ../nbs/04a_fast_routing.ipynb #78ecaf0a
@@ -321,7 +327,7 @@ def vote_and_route(
     iterations: int = 3,     # routing iterations
     schedule: Schedule = inverse_temperature_schedule, # iterations -> list of lambda
     offset: Tensor | None = None, # (I, P*P), added to every vote of input i (ClassCaps' coordinate addition)
-    chunk_mb: float | None = None, # 'chunked' backend only, as in em_routing_fast
+    chunk_mb: float | None = None, # 'chunked': the votes routed at once, as in em_routing_fast; 'triton': the votes its backward remakes at once
     backend: str = 'auto',   # as in em_routing_fast
     cost: str = 'article',   # the M-step's activation cost: 'article' or 'paper' (notebook 02)
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
@@ -339,9 +345,9 @@ def vote_and_route(
         if len(lead) != 3 or children.shape != (*lead[1:], I) or offset is not None:
             raise ValueError(f"children needs pose shaped (N, OH, OW, I, P, P), children (OH, OW, I) and no offset; "
                              f"got pose {tuple(pose.shape)}, children {tuple(children.shape)}")
-        return _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale)
+        return _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale, chunk_mb)
     b = _backend(backend, pose.device)
-    if b == 'chunked' or (b == 'triton' and _saves(pose, W, offset, a_in, beta_v, beta_a)):   # triton's backward needs the votes
+    if b in ('chunked', 'compiled'):
         votes = mat_transform(pose.unflatten(-3, (I // Iw, Iw)), W).flatten(-4, -3)   # (..., I, O, h)
         if offset is not None: votes = votes + offset[:, None, :]
         return em_routing_fast(votes, a_in, beta_v, beta_a, iterations, schedule, chunk_mb, b, cost, cost_scale)
@@ -351,10 +357,11 @@ def vote_and_route(
     M = to_routing(pose, ct).reshape(-1, I, H).contiguous()
     n = M.shape[0]
     expand = lambda t: to_routing(t, ct).expand(*lead, O).reshape(n, O).contiguous()
-    if b == 'triton':   # inference: the votes are made inside the kernel and never stored
+    if b == 'triton':   # the votes made inside the forward kernel; its backward remakes them chunk_mb at a time
         mean, a_out = ROUTERS['triton votes'](M, to_routing(W, ct).reshape(Iw, O, H).contiguous(),
                                               None if offset is None else to_routing(offset, ct).contiguous(),
-                                              to_routing(a_in, ct).reshape(n, I).contiguous(), expand(beta_v), expand(beta_a), lambdas, cost, float(cost_scale))
+                                              to_routing(a_in, ct).reshape(n, I).contiguous(), expand(beta_v), expand(beta_a), lambdas, cost,
+                                              float(cost_scale), CHUNK_MB.get(pose.device.type, 16.0) if chunk_mb is None else chunk_mb)
         return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
     mean, a_out = _CpuRouting.apply(None, M, to_routing(W, ct).reshape(Iw, O, H).contiguous(),
                                     None if offset is None else to_routing(offset, ct).contiguous(),
@@ -363,13 +370,14 @@ def vote_and_route(
     return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
 
 # %% ../nbs/04a_fast_routing.ipynb #b8dec007
-def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale):
+def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale, chunk_mb=None):
     "vote_and_route with children shared by overlapping parents: a kernel one iteration at a time, or spatial_em_routing."
     (N, OH, OW, I), (Iw, O, P, _) = pose.shape[:4], W.shape
     b = _backend(backend, pose.device)
-    if b == 'chunked':
+    if b in ('chunked', 'compiled'):   # the literal spatial routing; compiled whole, with no shape that depends on the data
         votes = mat_transform(pose.unflatten(-3, (I // Iw, Iw)), W).flatten(-4, -3)   # (N, OH, OW, I, O, h)
-        return spatial_em_routing(votes, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale)
+        route = _compiled(spatial_em_routing) if b == 'compiled' else spatial_em_routing
+        return route(votes, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale, n_children=int(children.max()) + 1)
     lambdas = check_routing(torch.empty(N, OH, OW, I, O, P * P, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
     if children.dtype != torch.long: raise ValueError(f"children must be a long tensor, got {children.dtype}")
     dtype = torch.promote_types(pose.dtype, W.dtype)
@@ -377,13 +385,13 @@ def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations,
     n = N * OH * OW
     a = to_routing(a_in, ct).reshape(n, I).contiguous()
     bv, ba = (to_routing(t, ct).expand(N, OH, OW, O).reshape(n, O).contiguous() for t in (beta_v, beta_a))
+    M, Wc = to_routing(pose, ct).reshape(n, I, P * P).contiguous(), to_routing(W, ct).reshape(Iw, O, P * P).contiguous()
     if b == 'cpp':   # the votes made inside the kernel
-        M, Wc = to_routing(pose, ct).reshape(n, I, P * P).contiguous(), to_routing(W, ct).reshape(Iw, O, P * P).contiguous()
         save = _saves(pose, W, a_in, beta_v, beta_a)
         step = lambda rr, lam, estep: _CpuStep.apply(M, Wc, a, bv, ba, rr, lam, estep, save, cost, float(cost_scale))
-    else:            # 04b's Triton step, on votes made by PyTorch (its backward reads them)
-        votes = mat_transform(to_routing(pose, ct).unflatten(-3, (I // Iw, Iw)), to_routing(W, ct)).flatten(-4, -3).reshape(n, I, O, P * P).contiguous()
-        step = lambda rr, lam, estep: ROUTERS['triton step'](votes, a, bv, ba, rr, lam, estep, cost, float(cost_scale))
+    else:            # 04b's Triton step, the votes made inside its forward kernel and remade chunk by chunk in its backward
+        chunk_mb = CHUNK_MB.get(pose.device.type, 16.0) if chunk_mb is None else chunk_mb
+        step = lambda rr, lam, estep: ROUTERS['triton step'](M, Wc, a, bv, ba, rr, lam, estep, cost, float(cost_scale), chunk_mb)
     n_children = int(children.max()) + 1
     rr = spatial_initial_rr(children, O, ct).expand(N, OH, OW, I, O).reshape(n, I, O).contiguous()
     for t, lam in enumerate(lambdas):

@@ -36,7 +36,7 @@ class PrimaryCaps(nn.Module):
         return pose, torch.sigmoid(self.activation(x)).permute(0, 2, 3, 1)  # (n, h, w, b)
 
 # %% ../nbs/05_layers.ipynb #44c8e02e
-ROUTINGS = ('auto', 'literal', 'chunked', 'cpp', 'triton')   # 'auto': the kernel on the CPU, else chunked (04a); 'triton': 04b
+ROUTINGS = ('auto', 'literal', 'chunked', 'compiled', 'cpp', 'triton')   # 'auto': the kernel on the CPU, else chunked (04a); 'triton': 04b
 
 # %% ../nbs/05_layers.ipynb #d43feb2a
 def _routing(name):

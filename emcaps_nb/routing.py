@@ -162,15 +162,19 @@ def spatial_initial_rr(
     children: Tensor,   # (OH, OW, I) long (spatial_children)
     O: int,             # parent types at each position
     dtype: torch.dtype = torch.float32,
+    n_children: int | None = None, # the number of children (H * W * B); None: from children
 ) -> Tensor:            # (OH, OW, I, O): 1 / (O * number of windows holding the child), each child's R summing to 1
     "The uniform start of spatial EM routing: every child split evenly over all its parents."
-    windows = torch.bincount(children.flatten())                # windows containing each child
+    if n_children is None: windows = torch.bincount(children.flatten())   # windows containing each child
+    else: windows = torch.zeros(n_children, dtype=dtype, device=children.device).index_add_(
+        0, children.flatten(), torch.ones(children.numel(), dtype=dtype, device=children.device))
     return (1.0 / (O * windows[children].to(dtype)))[..., None].expand(*children.shape, O)
 
-def _spatial_steps(votes, a_in, beta_v, beta_a, children, lambdas, cost, cost_scale):
+def _spatial_steps(votes, a_in, beta_v, beta_a, children, lambdas, cost, cost_scale, n_children=None):
     "Yield (rr, mean, stdv, a_out) after each M-step of spatial EM routing; inputs in the routing dtype."
-    n_children = int(children.max()) + 1
-    rr = spatial_initial_rr(children, votes.shape[-2], votes.dtype)   # (oh, ow, i, o)
+    given = n_children is not None
+    n_children = n_children if given else int(children.max()) + 1
+    rr = spatial_initial_rr(children, votes.shape[-2], votes.dtype, n_children if given else None)   # (oh, ow, i, o)
     for t, lam in enumerate(lambdas):
         mean, stdv, a_out = m_step(rr, votes, a_in, beta_v, beta_a, lam, cost, cost_scale)
         yield rr, mean, stdv, a_out
@@ -186,6 +190,8 @@ def spatial_em_routing(
     schedule: Schedule = inverse_temperature_schedule, # iterations -> list of lambda
     cost: str = 'article',   # the M-step's activation cost (notebook 02)
     cost_scale: float = 1.0, # 'paper' only
+    n_children: int | None = None, # the number of children (H * W * B); None: children.max() + 1. Given, no shape in
+                                   # here depends on the data (torch.compile makes one graph of it: notebook 04a)
 ) -> tuple[Tensor, Tensor]:  # pose (N, OH, OW, O, h), a_out (N, OH, OW, O)
     "EM routing in which each child's assignments are normalised over all parents whose windows contain it."
     if votes.ndim != 6: raise ValueError(f"votes must have shape (N, OH, OW, I, O, h), got {tuple(votes.shape)}")
@@ -193,5 +199,5 @@ def spatial_em_routing(
     if children.shape != votes.shape[1:4] or children.dtype != torch.long:
         raise ValueError(f"children must be a long tensor of shape (OH, OW, I) = {tuple(votes.shape[1:4])}, got {children.dtype} {tuple(children.shape)}")
     dtype, ct = votes.dtype, routing_dtype(votes)
-    for _, mean, _, a_out in _spatial_steps(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), children, lambdas, cost, cost_scale): pass
+    for _, mean, _, a_out in _spatial_steps(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), children, lambdas, cost, cost_scale, n_children): pass
     return mean.to(dtype), a_out.to(dtype)

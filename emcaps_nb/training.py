@@ -44,7 +44,7 @@ def build_model(
     iterations: int = 3,              # EM routing iterations
     inverse_temperature: float | str = 0.01, # article variant: lambda, fixed over the iterations, or 'article' (1 rising
                                       # to min(T, 3)); paper variant: the paper schedule's final lambda, or 'article'
-    routing: str = 'auto',            # 'auto', 'chunked', 'cpp' or 'literal' (notebook 05)
+    routing: str = 'auto',            # one of notebook 05's ROUTINGS: 'auto', 'literal', 'chunked', 'compiled', 'cpp', 'triton'
     image_size: int = 28,             # image side (the CNN's fully connected layer depends on it)
     variant: str = 'article',         # capsules: 'article' (today's model, bit for bit) or 'paper' (VARIANTS)
     spatial_routing: bool | None = None, # capsules: override the variant's choice of shared children

@@ -14,6 +14,7 @@ from torch.autograd.function import once_differentiable
 
 from .fast_routing import ROUTERS
 from .mstep import COSTS, EPS, MASS, SPREAD, TINY
+from .votes import mat_transform
 
 # %% ../nbs/04b_triton_routing.ipynb #28fa9f8e
 class tl:
@@ -337,44 +338,93 @@ def _forward(votes, pose, W, offset, a, bv, ba, lambdas, cost, cost_scale, save,
                   PAPER=cost == 'paper', SAVE=save, STEP=rr is not None, ESTEP=estep, **b)
     return mean, act, X, (lam, consts, R, st)
 
-def _backward(ctx, g_mean, g_act, g_x):
-    "The backward kernel for _TritonRouting (all iterations) and _TritonStep (one, from given R, with the logits' gradient g_x)."
-    votes, a, bv, lam, consts, R, st = ctx.saved_tensors
+def _chunk(I: int, O: int, H: int, itemsize: int, chunk_mb: float | None) -> int:
+    "Problems per launch: at most chunk_mb of votes (None: no such limit) and below 2**31 vote entries (32-bit indices)."
+    per = max(I * O * H, 1)
+    most = (2**31 - 1) // per
+    return max(1, most if chunk_mb is None else min(most, int(chunk_mb * 2**20) // (per * itemsize)))
+
+def _slices(n: int, chunk: int) -> list: return [slice(s, s + chunk) for s in range(0, n, chunk)] or [slice(0, 0)]
+
+def _cat(ts):
+    ts = list(ts)
+    return ts[0] if len(ts) == 1 else torch.cat(ts)
+
+def _backward(votes, a, bv, lam, consts, R, st, g_mean, g_act, g_x, paper, step):
+    "The backward kernel on n problems: gradients of the votes, a, beta_v, beta_a, and (a step) of the given R."
     n, I, O, H = votes.shape
     gV, ga, gbv, gba = torch.zeros_like(votes), torch.zeros_like(a), torch.empty_like(bv), torch.empty_like(bv)
     gR = torch.zeros(n, I, O, dtype=votes.dtype, device=votes.device)   # the gradient of R, one iteration at a time
     if n:
         _, bwd = _kernels()
         bwd[(n,)](votes, a, bv, lam, consts, R, st, g_mean.contiguous(), g_act.contiguous(), gR if g_x is None else g_x.contiguous(),
-                  gR, gV, ga, gbv, gba, I, O, H, lam.numel(), PAPER=ctx.paper, STEP=ctx.step, ESTEP=g_x is not None, **_blocks(O, H))
-    return (gV, ga, gbv, gba) + ((gR,) if ctx.step else ())
+                  gR, gV, ga, gbv, gba, I, O, H, lam.numel(), PAPER=paper, STEP=step, ESTEP=g_x is not None, **_blocks(O, H))
+    return (gV, ga, gbv, gba) + ((gR,) if step else ())
 
 class _TritonRouting(torch.autograd.Function):
-    "EM routing of n problems in the forward kernel; backward in the backward kernel, from the state the forward saved."
+    "EM routing of given votes (n, I, O, h) in the forward kernel; backward in the backward kernel, from the state the forward saved."
     @staticmethod
     def forward(ctx, votes, a, bv, ba, lambdas, cost, cost_scale, save):
-        mean, act, _, state = _forward(votes, None, None, None, a, bv, ba, lambdas, cost, cost_scale, save)
-        if save: ctx.save_for_backward(votes, a, bv, *state)
-        ctx.paper, ctx.step = cost == 'paper', False
-        return mean, act
+        parts = _slices(a.shape[0], _chunk(*votes.shape[1:], votes.element_size(), None))
+        runs = [_forward(votes[s], None, None, None, a[s], bv[s], ba[s], lambdas, cost, cost_scale, save) for s in parts]
+        if save: ctx.save_for_backward(votes, a, bv, *(t for r in runs for t in r[3]))
+        ctx.paper, ctx.parts = cost == 'paper', parts
+        return _cat(r[0] for r in runs), _cat(r[1] for r in runs)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_mean, g_act): return (*_backward(ctx, g_mean, g_act, None), None, None, None, None)
+    def backward(ctx, g_mean, g_act):
+        votes, a, bv, *states = ctx.saved_tensors
+        grads = [_backward(votes[s], a[s], bv[s], *states[4 * k:4 * k + 4], g_mean[s], g_act[s], None, ctx.paper, False)
+                 for k, s in enumerate(ctx.parts)]
+        return (*(_cat(g) for g in zip(*grads)), None, None, None, None)
 
-class _TritonStep(torch.autograd.Function):
-    "One EM iteration from given assignments rr: mu, a and (if estep) the E-step's logits; for children shared by overlapping parents."
+def _votes(pose, W, offset):
+    "v_ij = M_i W_(i mod Iw) j (+ offset_i) by PyTorch: pose (n, I, h), W (Iw, O, h), offset (I, h) or None -> (n, I, O, h)."
+    (n, I, H), (Iw, O, _) = pose.shape, W.shape
+    P = round(H ** 0.5)
+    v = mat_transform(pose.view(n, I // Iw, Iw, P, P), W.view(Iw, O, P, P)).flatten(-4, -3)
+    return v if offset is None else v + offset[:, None, :]
+
+class _TritonFromPoses(torch.autograd.Function):
+    """EM routing with the votes made from the poses inside the forward kernel, all iterations or (rr given) one from
+    given assignments. The backward makes each chunk's votes again with PyTorch, runs the backward kernel on them and
+    hands their gradient to PyTorch's matrix products: all the votes, or their gradient, never exist at once."""
     @staticmethod
-    def forward(ctx, votes, a, bv, ba, rr, lam, estep, cost, cost_scale, save):
-        mean, act, x, state = _forward(votes, None, None, None, a, bv, ba, [lam], cost, cost_scale, save, rr=rr, estep=estep)
+    def forward(ctx, pose, W, offset, a, bv, ba, rr, lambdas, estep, cost, cost_scale, chunk_mb):
+        parts = _slices(a.shape[0], _chunk(pose.shape[1], W.shape[1], pose.shape[2], pose.element_size(), chunk_mb))
+        runs = [_forward(None, pose[s], W, offset, a[s], bv[s], ba[s], lambdas, cost, cost_scale, True,
+                         None if rr is None else rr[s], estep) for s in parts]
+        mean, act, x = (_cat(r[k] for r in runs) for k in range(3))
         if not estep: x = a.new_empty(0); ctx.mark_non_differentiable(x)
-        if save: ctx.save_for_backward(votes, a, bv, *state)
-        ctx.paper, ctx.step, ctx.estep = cost == 'paper', True, estep
+        ctx.save_for_backward(pose, W, offset, a, bv, *(t for r in runs for t in r[3]))
+        ctx.paper, ctx.step, ctx.estep, ctx.parts = cost == 'paper', rr is not None, estep, parts
         return mean, act, x
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_mean, g_act, g_x): return (*_backward(ctx, g_mean, g_act, g_x if ctx.estep else None), None, None, None, None, None)
+    def backward(ctx, g_mean, g_act, g_x):
+        pose, W, offset, a, bv, *states = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g_pose = torch.empty_like(pose) if need[0] else None
+        g_W = torch.zeros_like(W) if need[1] else None
+        g_off = torch.zeros_like(offset) if offset is not None and need[2] else None
+        rest = []
+        for k, s in enumerate(ctx.parts):
+            leaves = [t if t is None else t.detach().requires_grad_(q) for t, q in zip((pose[s], W, offset), need[:3])]
+            with torch.enable_grad(): votes = _votes(*leaves)
+            gV, *r = _backward(votes.detach(), a[s], bv[s], *states[4 * k:4 * k + 4], g_mean[s], g_act[s],
+                               g_x[s] if ctx.estep else None, ctx.paper, ctx.step)
+            rest.append(r)
+            wrt = [t for t in leaves if t is not None and t.requires_grad]
+            if wrt:
+                got = iter(torch.autograd.grad(votes, wrt, gV))
+                if need[0]: g_pose[s] = next(got)
+                if need[1]: g_W += next(got)
+                if g_off is not None: g_off += next(got)
+        ga, gbv, gba, *grr = (_cat(g) for g in zip(*rest))
+        return g_pose, g_W, g_off, ga, gbv, gba, grr[0] if ctx.step else None, None, None, None, None, None
+
 
 # %% ../nbs/04b_triton_routing.ipynb #5045a85e
 def _route(votes, a, beta_v, beta_a, lambdas, cost, cost_scale):
@@ -383,18 +433,26 @@ def _route(votes, a, beta_v, beta_a, lambdas, cost, cost_scale):
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (votes, a, beta_v, beta_a))
     return _TritonRouting.apply(votes, a, beta_v, beta_a, list(lambdas), cost, cost_scale, save)
 
-def _route_votes(pose, W, offset, a, beta_v, beta_a, lambdas, cost, cost_scale):
-    "ROUTERS['triton votes'], inference only: the votes M_i W_ij (+ offset_i) made inside the kernel, never stored."
+def _route_poses(pose, W, offset, a, beta_v, beta_a, rr, lambdas, estep, cost, cost_scale, chunk_mb):
+    "Routing with the votes made inside the kernel from pose (n, I, h), W (Iw, O, h) and offset (I, h): mu, a and the logits x."
     _check_device(pose)
-    return _forward(None, pose, W, offset, a, beta_v, beta_a, list(lambdas), cost, cost_scale, False)[:2]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (pose, W, offset, a, beta_v, beta_a, rr)):
+        return _TritonFromPoses.apply(pose, W, offset, a, beta_v, beta_a, rr, list(lambdas), estep, cost, cost_scale, chunk_mb)
+    parts = _slices(a.shape[0], _chunk(pose.shape[1], W.shape[1], pose.shape[2], pose.element_size(), None))
+    runs = [_forward(None, pose[s], W, offset, a[s], beta_v[s], beta_a[s], list(lambdas), cost, cost_scale, False,
+                     None if rr is None else rr[s], estep) for s in parts]
+    return tuple(_cat(r[k] for r in runs) for k in range(3))
 
-def _route_step(votes, a, beta_v, beta_a, rr, lam, estep, cost, cost_scale):
+def _route_votes(pose, W, offset, a, beta_v, beta_a, lambdas, cost, cost_scale, chunk_mb):
+    "ROUTERS['triton votes']: all iterations, the votes made in the kernel (chunk_mb: the votes its backward makes at once)."
+    return _route_poses(pose, W, offset, a, beta_v, beta_a, None, lambdas, False, cost, cost_scale, chunk_mb)[:2]
+
+def _route_step(pose, W, a, beta_v, beta_a, rr, lam, estep, cost, cost_scale, chunk_mb):
     "ROUTERS['triton step']: one iteration from assignments rr (n, I, O); returns mu, a and (if estep) the E-step's logits."
-    _check_device(votes)
-    save = torch.is_grad_enabled() and any(t.requires_grad for t in (votes, a, beta_v, beta_a, rr))
-    return _TritonStep.apply(votes, a, beta_v, beta_a, rr, float(lam), estep, cost, cost_scale, save)
+    return _route_poses(pose, W, None, a, beta_v, beta_a, rr, [float(lam)], estep, cost, cost_scale, chunk_mb)
 
 ROUTERS['triton'], ROUTERS['triton votes'], ROUTERS['triton step'] = _route, _route_votes, _route_step
+
 
 # %% ../nbs/04b_triton_routing.ipynb #2ec4ff83
 _COMPILE = """
@@ -409,7 +467,8 @@ fwd, bwd = tr._kernels()
 for name, fn, consts in (
         ('forward, votes given, saving state', fwd, dict(PB=1, FUSED=False, OFFSET=False, PAPER=False, SAVE=True)),
         ('forward, votes from poses, paper cost', fwd, dict(PB=4, FUSED=True, OFFSET=True, PAPER=True, SAVE=False)),
-        ('forward, one step with its E-step', fwd, dict(PB=1, FUSED=False, OFFSET=False, PAPER=True, SAVE=True, STEP=True, ESTEP=True)),
+        ('forward, votes from poses, saving state', fwd, dict(PB=4, FUSED=True, OFFSET=True, PAPER=False, SAVE=True)),
+        ('forward, one step from poses, E-step', fwd, dict(PB=4, FUSED=True, OFFSET=False, PAPER=True, SAVE=True, STEP=True, ESTEP=True)),
         ('backward, article cost', bwd, dict(PAPER=False)), ('backward, paper cost', bwd, dict(PAPER=True)),
         ('backward, one step with its E-step', bwd, dict(PAPER=True, STEP=True, ESTEP=True))):
     consts = dict(dict(STEP=False, ESTEP=False, BI=16, BO=32, HB=16), **consts)

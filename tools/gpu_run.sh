@@ -3,10 +3,13 @@
 # Fashion-MNIST trainings (capsule `paper` and `small`, run side by side for a fixed time), each stopped run
 # then evaluated on the whole test set. Everything lands in $OUT (default: gpu-out/):
 #   check.jsonl, bench.jsonl, train-*.log and gpu.tar.gz (the run folders).
-# Usage, on a machine with a CUDA GPU and this package importable: OUT=gpu-out TRAIN_MIN=4.2 bash tools/gpu_run.sh
+# Usage, on a machine with a CUDA GPU and this package importable: OUT=gpu-out TRAIN_MIN=2 bash tools/gpu_run.sh
+# STAGES picks what runs (default all: "check bench train"), so that one device call of at most 10 minutes can run
+# "check bench" (about 6 minutes) and a second one "train" (about 3), with time left to rerun one after a fix.
 # Without network, carry wheels in .whl/ (fastcore) and the Fashion-MNIST IDX files in .gpudata/fashion-mnist/.
 set -u
-OUT=${OUT:-gpu-out}; TRAIN_MIN=${TRAIN_MIN:-4.2}; RUNS=${RUNS:-/tmp/gpu-runs}
+OUT=${OUT:-gpu-out}; TRAIN_MIN=${TRAIN_MIN:-2}; RUNS=${RUNS:-/tmp/gpu-runs}; STAGES=${STAGES:-"check bench train"}
+stage() { case " $STAGES " in *" $1 "*) return 0;; *) return 1;; esac; }
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -17,15 +20,20 @@ if [ -d .gpudata/fashion-mnist ] && [ ! -d /usr/share/datasets/fashion-mnist ]; 
   mkdir -p /usr/share/datasets && cp -r .gpudata/fashion-mnist /usr/share/datasets/; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RUNS/gpu.txt"
 python3 -c 'import torch, sys; print("torch", torch.__version__, "python", sys.version.split()[0])' | tee -a "$RUNS/gpu.txt"
-t0=$SECONDS
-timeout 160 python3 tools/cuda_check.py > "$OUT/check.jsonl" 2>&1; echo "check rc=$? $((SECONDS - t0)) s"
-grep -c '"ok": true' "$OUT/check.jsonl"; grep '"ok": false' "$OUT/check.jsonl"; grep chunk_sweep "$OUT/check.jsonl"
-t0=$SECONDS
-timeout 140 python3 -m emcaps_nb.bench --device cuda --repeats 10 > "$OUT/bench.jsonl" 2>&1; echo "bench rc=$? $((SECONDS - t0)) s"
-t0=$SECONDS   # a training step at batch 64 with the chunked routing and with the Triton kernels (notebook 04b)
-timeout 90 python3 -m emcaps_nb.bench --device cuda --repeats 10 --case train_step --batch 64 --impl chunked --impl triton \
-  >> "$OUT/bench.jsonl" 2>&1; echo "bench b64 rc=$? $((SECONDS - t0)) s"
-cat "$OUT/bench.jsonl"
+if stage check; then
+  t0=$SECONDS
+  timeout 150 python3 tools/cuda_check.py > "$OUT/check.jsonl" 2>&1; echo "check rc=$? $((SECONDS - t0)) s"
+  grep -c '"ok": true' "$OUT/check.jsonl"; grep '"ok": false' "$OUT/check.jsonl"; grep chunk_sweep "$OUT/check.jsonl"
+fi
+if stage bench; then   # every case with literal, chunked, compiled (torch.compile) and triton (notebook 04b), then batch 64
+  t0=$SECONDS
+  timeout 200 python3 -m emcaps_nb.bench --device cuda --repeats 5 > "$OUT/bench.jsonl" 2>&1; echo "bench rc=$? $((SECONDS - t0)) s"
+  t0=$SECONDS
+  timeout 80 python3 -m emcaps_nb.bench --device cuda --repeats 5 --case train_step --batch 64 --impl chunked --impl compiled --impl triton \
+    >> "$OUT/bench.jsonl" 2>&1; echo "bench b64 rc=$? $((SECONDS - t0)) s"
+  cat "$OUT/bench.jsonl"
+fi
+stage train || exit 0
 t0=$SECONDS
 for m in paper small; do   # the paper-sized network routes with the Triton kernels of notebook 04b
   routing=$([ $m = paper ] && echo triton || echo auto)
