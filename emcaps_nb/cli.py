@@ -46,13 +46,14 @@ def train_cmd(
     keep_epochs: bool = False,  # also keep every epoch's checkpoint as epoch-N.pt
     max_bad_steps: int = None,  # stop (exit status 3) after N consecutive steps with a non-finite loss or gradient (default 20)
     clip_grad_norm: float = None, # clip the gradients' global norm to this before each step
+    init: str = None,           # warm start from another run's last.pt (same network and data; a fresh optimiser)
 ) -> dict:
     "Train a capsule network and print its test accuracy."
     given = dict(dataset=dataset, model=config or model, epochs=epochs, batch_size=batch_size, iterations=iterations, lr=lr,
                  inverse_temperature=_lambda(inverse_temperature), variant=variant, spatial_routing=_on_off(spatial_routing), routing=routing, device=device, amp=amp, workers=workers, seed=seed,
                  root=root, download=download or None, train_limit=train_limit, test_limit=test_limit,
                  compile=compile or None, augment=False if no_augment else None, checkpoint_every=checkpoint_every,
-                 views=views, keep_epochs=keep_epochs or None, max_bad_steps=max_bad_steps, clip_grad_norm=clip_grad_norm)
+                 views=views, keep_epochs=keep_epochs or None, max_bad_steps=max_bad_steps, clip_grad_norm=clip_grad_norm, init=init)
     given = {k: v for k, v in given.items() if v is not None}
     saved = _saved_config(out) if resume else None
     if resume and not (pathlib.Path(out) / 'last.pt').exists() and not (given.keys() - {'epochs'}):

@@ -98,6 +98,8 @@ class TrainConfig:
     keep_epochs: bool = False        # also keep every epoch's checkpoint as epoch-N.pt (to pick a model by its test error)
     max_bad_steps: int = 20          # stop (DivergenceError) after this many consecutive steps with a non-finite loss or gradient
     clip_grad_norm: float | None = None # clip the gradients' global norm to this before each step (None: no clipping)
+    init: str | None = None          # warm start: the weights of this checkpoint (another run's last.pt) with the same network and
+                                     # data; iterations, lambda, routing and the rest may differ; a fresh optimiser and schedule
 
     def __post_init__(self):
         if self.model not in MODEL_CONFIGS: raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_CONFIGS)}")
@@ -455,6 +457,13 @@ def train(
         set_rng_state(state['rng'], loader_gen)
         history, steps, start, partial = state['history'], state['steps'], state['epoch'], state.get('partial')
         bad_run = state.get('bad_run', 0)
+    elif cfg.init:   # warm start from another run's weights
+        state = load_checkpoint(cfg.init, map_location=device)
+        was = TrainConfig.from_dict(state['config'])
+        got, want = (was.model, state['in_channels'], state['num_classes'], state['image_size']), (cfg.model, in_channels, num_classes, image_size)
+        if got != want: raise ValueError(f"init {cfg.init} holds a {got[0]} network for {got[1]} channel(s), {got[2]} classes and {got[3]} pixels; "
+                                         f"this run trains a {want[0]} for {want[1]}, {want[2]} and {want[3]}")
+        net.load_state_dict(state['model'])
     elif isinstance(net, CapsNet) and cfg.variant == 'paper':   # half active at the start (notebook 05)
         calib = get_dataset(cfg.dataset, True, cfg.root, False, False)
         calibrate_activations(net, torch.stack([calib[k][0] for k in range(min(256, len(calib)))]).to(device))

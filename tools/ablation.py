@@ -18,7 +18,9 @@ VARIANTS = {  # name -> emcaps train options
     'paper': ['--variant', 'paper'],
     'paper-per-position': ['--variant', 'paper', '--spatial-routing', 'off'],
     'paper-clip': ['--variant', 'paper', '--clip-grad-norm', '1'],  # a trial for 3 iterations' slow start (issue 16)
+    'paper-warm': ['--variant', 'paper'],   # a trial: 3 iterations started from the finished 2-iteration run (WARM)
 }
+WARM = {'paper-warm': ('paper', 2, 10)}   # variant -> (variant, iterations of the run it starts from, epochs of its own)
 EPOCHS = {'mnist-sample': 20, 'fashion-mnist': 6}
 
 
@@ -41,8 +43,12 @@ def train(dataset, variant, iterations, seed):
     name = run_name(dataset, variant, iterations, seed)
     out, res = ROOT / 'runs' / 'ablation' / name, ROOT / 'results' / 'ablation' / name
     if (res / 'summary.json').exists(): return
-    cmd = ['emcaps', 'train', '--dataset', dataset, '--config', 'small', '--epochs', str(EPOCHS[dataset]),
-           '--iterations', str(iterations), '--seed', str(seed), *VARIANTS[variant], '--out', str(out), '--resume', '--no-progress']
+    epochs, warm = EPOCHS[dataset], []
+    if variant in WARM:
+        source, its, epochs = WARM[variant]
+        warm = ['--init', f'runs/ablation/{run_name(dataset, source, its, seed)}/last.pt']   # relative: commands run in ROOT
+    cmd = ['emcaps', 'train', '--dataset', dataset, '--config', 'small', '--epochs', str(epochs),
+           '--iterations', str(iterations), '--seed', str(seed), *VARIANTS[variant], *warm, '--out', str(out), '--resume', '--no-progress']
     print('+', ' '.join(cmd), flush=True)
     r = subprocess.run(cmd, cwd=ROOT)
     if r.returncode: print(f'{name}: exit status {r.returncode}', flush=True); return
