@@ -11,7 +11,7 @@ import argparse, json, pathlib, statistics
 from .files import atomic_write
 
 # %% ../nbs/08a_ablation.ipynb #62865fc0
-VARIANT_NAMES = ('article', 'article-schedule', 'paper', 'paper-per-position', 'paper-clip')   # as tools/ablation.py names them
+VARIANT_NAMES = ('article', 'article-schedule', 'paper', 'paper-per-position', 'paper-clip', 'paper-warm')   # as tools/ablation.py names them
 
 def _variant(cfg: dict) -> str:
     "The ablation's name for a run's routing configuration."

@@ -48,7 +48,9 @@ def train(dataset, variant, iterations, seed):
         source, its, epochs = WARM[variant]
         warm = ['--init', f'runs/ablation/{run_name(dataset, source, its, seed)}/last.pt']   # relative: commands run in ROOT
     cmd = ['emcaps', 'train', '--dataset', dataset, '--config', 'small', '--epochs', str(epochs),
-           '--iterations', str(iterations), '--seed', str(seed), *VARIANTS[variant], *warm, '--out', str(out), '--resume', '--no-progress']
+           '--iterations', str(iterations), '--seed', str(seed), *VARIANTS[variant], *warm,
+           *(['--checkpoint-every', '300'] if dataset != 'mnist-sample' else []),   # long epochs: lose little when stopped
+           '--out', str(out), '--resume', '--no-progress']
     print('+', ' '.join(cmd), flush=True)
     r = subprocess.run(cmd, cwd=ROOT)
     if r.returncode: print(f'{name}: exit status {r.returncode}', flush=True); return
