@@ -11,16 +11,18 @@ import argparse, json, pathlib, statistics
 from .files import atomic_write
 
 # %% ../nbs/08a_ablation.ipynb #62865fc0
-VARIANT_NAMES = ('article', 'article-schedule', 'paper', 'paper-per-position', 'paper-clip', 'paper-warm', 'paper-warm-lr')   # as tools/ablation.py names them
+VARIANT_NAMES = ('article', 'article-schedule', 'paper', 'paper-per-position', 'paper-clip', 'paper-warm', 'paper-warm-lr', 'paper-lr',
+                 'paper-floor')   # as tools/ablation.py names them
 
 def _variant(cfg: dict) -> str:
     "The ablation's name for a run's routing configuration."
     if cfg.get('variant', 'article') == 'article':
         name = 'article-schedule' if cfg['inverse_temperature'] == 'article' else 'article'
     else: name = 'paper-per-position' if cfg.get('spatial_routing') is False else 'paper'
-    name += '-clip' if cfg.get('clip_grad_norm') else ''   # a trial with clipped gradients is not the variant itself
-    if cfg.get('init'):   # nor one started from another run's weights (and at another learning rate: '-lr')
-        name += '-warm' + ('-lr' if cfg.get('lr', 3e-3) != 3e-3 else '')
+    name += '-clip' if cfg.get('clip_grad_norm') else ''   # a trial with clipped gradients is not the variant itself,
+    name += '-floor' if cfg.get('var_floor') is not None else ''   # nor one with another variance floor,
+    name += '-warm' if cfg.get('init') else ''   # one started from another run's weights,
+    name += '-lr' if cfg.get('lr', 3e-3) != 3e-3 else ''   # or one at another learning rate
     return name
 
 def _jsonl(path): return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .files import atomic_path
-from .mstep import EPS, MASS, SPREAD, TINY, check_betas, routing_dtype, to_routing
+from .mstep import MASS, SPREAD, TINY, check_betas, routing_dtype, to_routing, var_floor_of
 from .routing import Schedule, check_routing, child_softmax, inverse_temperature_schedule, spatial_em_routing, spatial_initial_rr
 from .votes import mat_transform
 
@@ -28,11 +28,12 @@ def _route_chunk(
     lambdas: list,  # inverse temperature of each iteration
     cost: str = 'article',   # the M-step's activation cost (notebook 02)
     cost_scale: float = 1.0, # 'paper' only
+    var_floor: float | None = None, # added to every sigma^2 (notebook 02); None: EPS
 ) -> tuple[Tensor, Tensor]: # mean (n, O, h), a_out (n, O)
     "EM routing of a chunk of independent routing problems, in the (n o, i, h) layout."
     n, I, O, H = votes.shape
     ct = votes.dtype
-    eps, tiny, inplace = EPS[ct], TINY[ct], not torch.is_grad_enabled()
+    eps, tiny, inplace = var_floor_of(var_floor, ct), TINY[ct], not torch.is_grad_enabled()
     v = votes.permute(0, 2, 1, 3).reshape(n * O, I, H)              # (B, i, h): one copy per chunk
     a = a[:, None, :]                                                  # (n, 1, i)
     rr = None
@@ -61,11 +62,11 @@ def _route_chunk(
 class _ChunkedRouting(torch.autograd.Function):
     "EM routing of `n` independent problems, chunk by chunk; backward recomputes each chunk."
     @staticmethod
-    def forward(ctx, votes, a, beta_v, beta_a, lambdas, chunk, cost, cost_scale, route=_route_chunk):
+    def forward(ctx, votes, a, beta_v, beta_a, lambdas, chunk, cost, cost_scale, var_floor, route=_route_chunk):
         # votes (n, I, O, h), a (n, I), beta_v and beta_a (n, O); autograd is off in here. route: _route_chunk, or it compiled
         ctx.save_for_backward(votes, a, beta_v, beta_a)
-        ctx.lambdas, ctx.chunk, ctx.cost, ctx.route = lambdas, chunk, (cost, cost_scale), route
-        outs = [route(*args, lambdas, cost, cost_scale) for args in zip(votes.split(chunk), a.split(chunk), beta_v.split(chunk), beta_a.split(chunk))]
+        ctx.lambdas, ctx.chunk, ctx.cost, ctx.route = lambdas, chunk, (cost, cost_scale, var_floor), route
+        outs = [route(*args, lambdas, cost, cost_scale, var_floor) for args in zip(votes.split(chunk), a.split(chunk), beta_v.split(chunk), beta_a.split(chunk))]
         return tuple(torch.cat(t) for t in zip(*outs))
 
     @staticmethod
@@ -84,7 +85,7 @@ class _ChunkedRouting(torch.autograd.Function):
                     d = next(got)
                     if d is None: g[s:s + ctx.chunk] = 0
                     else: g[s:s + ctx.chunk] = d
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 # %% ../nbs/04a_fast_routing.ipynb #0aa2a762
 KERNEL_DIR = Path(str(importlib.resources.files('emcaps_nb') / 'csrc'))   # the kernel's C++ sources, package data
@@ -181,28 +182,28 @@ def _saves(*ts) -> bool:
     "Whether the kernel must keep its state for a backward pass: autograd is on and some input requires a gradient."
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
-def _kernel_args(votes, pose, W, offset, a, beta_v, beta_a, lambdas, cost, cost_scale):
+def _kernel_args(votes, pose, W, offset, a, beta_v, beta_a, lambdas, cost, cost_scale, var_floor):
     n, I = a.shape
     H = (votes if votes is not None else pose).shape[-1]
     return _KernelArgs(_ptr(votes), _ptr(pose), _ptr(W), _ptr(offset), _ptr(a), _ptr(beta_v), _ptr(beta_a),
                        lambdas.data_ptr(), n, I, beta_v.shape[1], H, round(H ** 0.5), 1 if W is None else W.shape[0],
-                       lambdas.numel(), torch.get_num_threads(), _COSTS[cost], EPS[a.dtype], TINY[a.dtype], MASS[a.dtype], SPREAD[a.dtype], cost_scale)
+                       lambdas.numel(), torch.get_num_threads(), _COSTS[cost], var_floor_of(var_floor, a.dtype), TINY[a.dtype], MASS[a.dtype], SPREAD[a.dtype], cost_scale)
 
 class _CpuRouting(torch.autograd.Function):
     "Votes (given, or made from poses and W) and EM routing in the compiled kernel; backward from its saved state."
     @staticmethod
-    def forward(ctx, votes, pose, W, offset, a, beta_v, beta_a, lambdas, save, cost='article', cost_scale=1.0):
+    def forward(ctx, votes, pose, W, offset, a, beta_v, beta_a, lambdas, save, cost='article', cost_scale=1.0, var_floor=None):
         # votes (n, I, O, h) or None; pose (n, I, h), W (Iw, O, h), offset (I, h) or None; a (n, I); betas (n, O);
         # save: whether a backward pass can follow (grad mode on and some input requires grad)
         lib, (n, I), O = cpu_kernel(), a.shape, beta_v.shape[1]
         lambdas = torch.tensor(lambdas, dtype=torch.float64)
-        args = _kernel_args(votes, pose, W, offset, a, beta_v, beta_a, lambdas, cost, cost_scale)
+        args = _kernel_args(votes, pose, W, offset, a, beta_v, beta_a, lambdas, cost, cost_scale, var_floor)
         mean, act = a.new_empty(n, O, args.H), a.new_empty(n, O)
         state = a.new_empty(n, lib.em_state_size(I, O, args.H, args.iters)) if save else None
         getattr(lib, 'em_forward_' + _SUFFIX[a.dtype])(ctypes.byref(args), mean.data_ptr(), act.data_ptr(), _ptr(state))
         if state is not None:
             ctx.save_for_backward(votes, pose, W, offset, a, beta_v, beta_a, state)
-            ctx.lambdas, ctx.cost = lambdas, (cost, cost_scale)
+            ctx.lambdas, ctx.cost = lambdas, (cost, cost_scale, var_floor)
         return mean, act
 
     @staticmethod
@@ -217,7 +218,7 @@ class _CpuRouting(torch.autograd.Function):
         getattr(lib, 'em_backward_' + _SUFFIX[a.dtype])(
             ctypes.byref(args), state.data_ptr(), g_mean.data_ptr(), g_act.data_ptr(),
             *map(_ptr, grads), g_a.data_ptr(), g_bv.data_ptr(), g_ba.data_ptr())
-        return *grads, None, g_a, g_bv, g_ba, None, None, None, None
+        return *grads, None, g_a, g_bv, g_ba, None, None, None, None, None
 
 _SUFFIX = {torch.float32: 'f32', torch.float64: 'f64'}
 _COSTS = {'article': 0, 'paper': 1}   # the kernel's enum Cost (em_args.h)
@@ -226,11 +227,11 @@ _COSTS = {'article': 0, 'paper': 1}   # the kernel's enum Cost (em_args.h)
 class _CpuStep(torch.autograd.Function):
     "One EM iteration in the kernel from given assignments: mu, a and (if estep) the E-step's logits; backward from its state."
     @staticmethod
-    def forward(ctx, pose, W, a, beta_v, beta_a, rr, lam, estep, save, cost, cost_scale):
+    def forward(ctx, pose, W, a, beta_v, beta_a, rr, lam, estep, save, cost, cost_scale, var_floor):
         # pose (n, I, h), W (Iw, O, h), a (n, I), betas (n, O), rr (n, I, O): contiguous, routing dtype
         lib, (n, I), O = cpu_kernel(), a.shape, beta_v.shape[1]
         lambdas = torch.tensor([lam], dtype=torch.float64)
-        args = _kernel_args(None, pose, W, None, a, beta_v, beta_a, lambdas, cost, cost_scale)
+        args = _kernel_args(None, pose, W, None, a, beta_v, beta_a, lambdas, cost, cost_scale, var_floor)
         mean, act, x = a.new_empty(n, O, args.H), a.new_empty(n, O), a.new_empty(n, I, O) if estep else a.new_empty(0)
         state = a.new_empty(n, lib.em_state_size(I, O, args.H, 1)) if save else None
         getattr(lib, 'em_step_forward_' + _SUFFIX[a.dtype])(ctypes.byref(args), rr.data_ptr(), mean.data_ptr(), act.data_ptr(),
@@ -238,7 +239,7 @@ class _CpuStep(torch.autograd.Function):
         if not estep: ctx.mark_non_differentiable(x)
         if state is not None:
             ctx.save_for_backward(pose, W, a, beta_v, beta_a, state)
-            ctx.lambdas, ctx.cost, ctx.estep = lambdas, (cost, cost_scale), estep
+            ctx.lambdas, ctx.cost, ctx.estep = lambdas, (cost, cost_scale, var_floor), estep
         return mean, act, x
 
     @staticmethod
@@ -253,7 +254,7 @@ class _CpuStep(torch.autograd.Function):
         getattr(cpu_kernel(), 'em_step_backward_' + _SUFFIX[a.dtype])(
             ctypes.byref(args), state.data_ptr(), g_mean.data_ptr(), g_act.data_ptr(), _ptr(g_x), None,
             g_pose.data_ptr(), g_W.data_ptr(), g_a.data_ptr(), g_bv.data_ptr(), g_ba.data_ptr(), g_rr.data_ptr())
-        return g_pose, g_W, g_a, g_bv, g_ba, g_rr, None, None, None, None, None
+        return g_pose, g_W, g_a, g_bv, g_ba, g_rr, None, None, None, None, None, None
 
 # %% ../nbs/04a_fast_routing.ipynb #a938bb70
 BACKENDS = ('auto', 'cpp', 'chunked', 'compiled', 'triton')
@@ -293,9 +294,10 @@ def em_routing_fast(
     backend: str = 'auto',   # 'auto', 'cpp' (the C++ CPU kernel), 'chunked' (chunked PyTorch), 'compiled' (it under torch.compile) or 'triton'
     cost: str = 'article',   # the M-step's activation cost: 'article' or 'paper' (notebook 02)
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
+    var_floor: float | None = None, # added to every sigma^2 (notebook 02); None: EPS
 ) -> tuple[Tensor, Tensor]:  # pose (..., O, h) and activation a_out (..., O)
     "EM routing, same result as `em_routing`, in a few passes over the votes and little memory."
-    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
+    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor)
     lead, (I, O, H) = votes.shape[:-3], votes.shape[-3:]
     dtype, ct = votes.dtype, routing_dtype(votes)
     v = to_routing(votes, ct).reshape(-1, I, O, H)
@@ -305,16 +307,16 @@ def em_routing_fast(
     ba = to_routing(beta_a, ct).expand(*lead, O).reshape(n, O)
     b = _backend(backend, votes.device)
     if b == 'triton':
-        mean, a_out = ROUTERS['triton'](v.contiguous(), a.contiguous(), bv.contiguous(), ba.contiguous(), lambdas, cost, float(cost_scale))
+        mean, a_out = ROUTERS['triton'](v.contiguous(), a.contiguous(), bv.contiguous(), ba.contiguous(), lambdas, cost, float(cost_scale), var_floor)
         return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
     if b == 'cpp':
         mean, a_out = _CpuRouting.apply(v.contiguous(), None, None, None, a.contiguous(), bv.contiguous(), ba.contiguous(), lambdas,
-                                        _saves(votes, a_in, beta_v, beta_a), cost, float(cost_scale))
+                                        _saves(votes, a_in, beta_v, beta_a), cost, float(cost_scale), var_floor)
         return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
     chunk_mb = CHUNK_MB.get(votes.device.type, 16.0) if chunk_mb is None else chunk_mb
     chunk = max(1, int(chunk_mb * 2**20) // (I * O * H * torch.finfo(ct).bits // 8))
     route = _compiled(_route_chunk) if b == 'compiled' else _route_chunk
-    mean, a_out = _ChunkedRouting.apply(v, a, bv, ba, lambdas, chunk, cost, float(cost_scale), route)
+    mean, a_out = _ChunkedRouting.apply(v, a, bv, ba, lambdas, chunk, cost, float(cost_scale), var_floor, route)
     return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
 
 # %% ../nbs/04a_fast_routing.ipynb #78ecaf0a
@@ -331,6 +333,7 @@ def vote_and_route(
     backend: str = 'auto',   # as in em_routing_fast
     cost: str = 'article',   # the M-step's activation cost: 'article' or 'paper' (notebook 02)
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
+    var_floor: float | None = None, # added to every sigma^2 (notebook 02); None: EPS
     children: Tensor | None = None, # (OH, OW, I) long for pose (N, OH, OW, I, P, P): children shared by overlapping parents (spatial_em_routing)
 ) -> tuple[Tensor, Tensor]:  # pose (..., O, P*P) and activation a_out (..., O)
     "Votes v_ij = M_i W_ij (+ offset_i) and EM routing; on the CPU the votes are never stored."
@@ -345,13 +348,13 @@ def vote_and_route(
         if len(lead) != 3 or children.shape != (*lead[1:], I) or offset is not None:
             raise ValueError(f"children needs pose shaped (N, OH, OW, I, P, P), children (OH, OW, I) and no offset; "
                              f"got pose {tuple(pose.shape)}, children {tuple(children.shape)}")
-        return _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale, chunk_mb)
+        return _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale, var_floor, chunk_mb)
     b = _backend(backend, pose.device)
     if b in ('chunked', 'compiled'):
-        votes = mat_transform(pose.unflatten(-3, (I // Iw, Iw)), W).flatten(-4, -3)   # (..., I, O, h)
+        votes = mat_transform(pose, W)                                        # (..., I, O, h)
         if offset is not None: votes = votes + offset[:, None, :]
-        return em_routing_fast(votes, a_in, beta_v, beta_a, iterations, schedule, chunk_mb, b, cost, cost_scale)
-    lambdas = check_routing(torch.empty(*lead, I, O, H, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
+        return em_routing_fast(votes, a_in, beta_v, beta_a, iterations, schedule, chunk_mb, b, cost, cost_scale, var_floor)
+    lambdas = check_routing(torch.empty(*lead, I, O, H, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor)
     dtype = torch.promote_types(pose.dtype, W.dtype)
     ct = routing_dtype(torch.empty(0, dtype=dtype))
     M = to_routing(pose, ct).reshape(-1, I, H).contiguous()
@@ -361,24 +364,24 @@ def vote_and_route(
         mean, a_out = ROUTERS['triton votes'](M, to_routing(W, ct).reshape(Iw, O, H).contiguous(),
                                               None if offset is None else to_routing(offset, ct).contiguous(),
                                               to_routing(a_in, ct).reshape(n, I).contiguous(), expand(beta_v), expand(beta_a), lambdas, cost,
-                                              float(cost_scale), CHUNK_MB.get(pose.device.type, 16.0) if chunk_mb is None else chunk_mb)
+                                              float(cost_scale), var_floor, CHUNK_MB.get(pose.device.type, 16.0) if chunk_mb is None else chunk_mb)
         return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
     mean, a_out = _CpuRouting.apply(None, M, to_routing(W, ct).reshape(Iw, O, H).contiguous(),
                                     None if offset is None else to_routing(offset, ct).contiguous(),
                                     to_routing(a_in, ct).reshape(n, I).contiguous(), expand(beta_v), expand(beta_a), lambdas,
-                                    _saves(pose, W, offset, a_in, beta_v, beta_a), cost, float(cost_scale))
+                                    _saves(pose, W, offset, a_in, beta_v, beta_a), cost, float(cost_scale), var_floor)
     return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
 
 # %% ../nbs/04a_fast_routing.ipynb #b8dec007
-def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale, chunk_mb=None):
+def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale, var_floor, chunk_mb=None):
     "vote_and_route with children shared by overlapping parents: a kernel one iteration at a time, or spatial_em_routing."
     (N, OH, OW, I), (Iw, O, P, _) = pose.shape[:4], W.shape
     b = _backend(backend, pose.device)
     if b in ('chunked', 'compiled'):   # the literal spatial routing; compiled whole, with no shape that depends on the data
-        votes = mat_transform(pose.unflatten(-3, (I // Iw, Iw)), W).flatten(-4, -3)   # (N, OH, OW, I, O, h)
+        votes = mat_transform(pose, W)                                        # (N, OH, OW, I, O, h)
         route = _compiled(spatial_em_routing) if b == 'compiled' else spatial_em_routing
-        return route(votes, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale, n_children=int(children.max()) + 1)
-    lambdas = check_routing(torch.empty(N, OH, OW, I, O, P * P, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
+        return route(votes, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale, var_floor, n_children=int(children.max()) + 1)
+    lambdas = check_routing(torch.empty(N, OH, OW, I, O, P * P, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor)
     if children.dtype != torch.long: raise ValueError(f"children must be a long tensor, got {children.dtype}")
     dtype = torch.promote_types(pose.dtype, W.dtype)
     ct = routing_dtype(torch.empty(0, dtype=dtype))
@@ -388,10 +391,10 @@ def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations,
     M, Wc = to_routing(pose, ct).reshape(n, I, P * P).contiguous(), to_routing(W, ct).reshape(Iw, O, P * P).contiguous()
     if b == 'cpp':   # the votes made inside the kernel
         save = _saves(pose, W, a_in, beta_v, beta_a)
-        step = lambda rr, lam, estep: _CpuStep.apply(M, Wc, a, bv, ba, rr, lam, estep, save, cost, float(cost_scale))
+        step = lambda rr, lam, estep: _CpuStep.apply(M, Wc, a, bv, ba, rr, lam, estep, save, cost, float(cost_scale), var_floor)
     else:            # 04b's Triton step, the votes made inside its forward kernel and remade chunk by chunk in its backward
         chunk_mb = CHUNK_MB.get(pose.device.type, 16.0) if chunk_mb is None else chunk_mb
-        step = lambda rr, lam, estep: ROUTERS['triton step'](M, Wc, a, bv, ba, rr, lam, estep, cost, float(cost_scale), chunk_mb)
+        step = lambda rr, lam, estep: ROUTERS['triton step'](M, Wc, a, bv, ba, rr, lam, estep, cost, float(cost_scale), var_floor, chunk_mb)
     n_children = int(children.max()) + 1
     rr = spatial_initial_rr(children, O, ct).expand(N, OH, OW, I, O).reshape(n, I, O).contiguous()
     for t, lam in enumerate(lambdas):

@@ -74,6 +74,8 @@ def _spatial_initial_mass(H, W, K, stride, B, C) -> float:
     "sum_i R_ij at the uniform start of spatial routing, mean over positions: the mass of a parent whose inputs are all active."
     return spatial_initial_rr(spatial_children(H, W, K, stride, B), C, torch.float64)[..., 0].sum(-1).mean().item()
 
+def _floor_repr(layer): return '' if layer.var_floor is None else f", var_floor={layer.var_floor:g}"
+
 def _schedule_repr(layer):
     if layer.schedule == 'paper': return f"schedule='paper', final_lambda={layer.final_lambda}"
     return f"lambda=({layer.lambda_min}, {layer.lambda_max})"
@@ -87,14 +89,15 @@ class ConvCaps(nn.Module):
                  cost_scale: float | None = None, # 'paper' only; None: cost_scale_rule of the layer's shape
                  spatial_routing: bool = False,   # a child's assignments normalised over all parents whose windows hold it
                  schedule: str = 'article',       # 'article' (lambda_min to lambda_max) or 'paper' (paper_schedule)
-                 final_lambda: float = 0.01):     # the paper's schedule's lambda_final
+                 final_lambda: float = 0.01,      # the paper's schedule's lambda_final
+                 var_floor: float | None = None): # added to every sigma^2 (notebook 02); None: EPS
         super().__init__()
         self.B, self.C, self.K, self.stride, self.iterations = B, C, K, stride, iterations
         self.routing = _routing(routing)
         self.lambda_min, self.lambda_max, self.schedule, self.final_lambda = lambda_min, lambda_max, schedule, final_lambda
         self._schedule = _schedule(lambda_min, lambda_max, schedule, final_lambda)
-        check_cost(cost, 1.0 if cost_scale is None else cost_scale)
-        self.cost, self.spatial_routing, self._cost_scale = cost, spatial_routing, cost_scale
+        check_cost(cost, 1.0 if cost_scale is None else cost_scale, var_floor)
+        self.cost, self.spatial_routing, self._cost_scale, self.var_floor = cost, spatial_routing, cost_scale, var_floor
         self.W = nn.Parameter(nn.init.trunc_normal_(torch.empty(K * K * B, C, 4, 4), std=1.0, a=-2.0, b=2.0))
         self.beta_v = nn.Parameter(torch.zeros(C))
         self.beta_a = nn.Parameter(torch.zeros(C))
@@ -114,7 +117,7 @@ class ConvCaps(nn.Module):
         patches = kernel_tile(pose, self.K, self.stride)                     # (n, oh, ow, i, 4, 4)
         a_in = kernel_tile(act, self.K, self.stride)                         # (n, oh, ow, i)
         route = (self.beta_v, self.beta_a, self.iterations, self._schedule)
-        cost = dict(cost=self.cost, cost_scale=self.cost_scale_for(H, W) if self.cost == 'paper' else 1.0)
+        cost = dict(cost=self.cost, cost_scale=self.cost_scale_for(H, W) if self.cost == 'paper' else 1.0, var_floor=self.var_floor)
         children = spatial_children(H, W, self.K, self.stride, self.B, pose.device) if self.spatial_routing else None
         if self.routing != 'literal':   # votes made inside the routing (never stored by the CPU kernel)
             pose_out, a_out = vote_and_route(patches, self.W, a_in, *route, children=children, backend=self.routing, **cost)
@@ -126,7 +129,7 @@ class ConvCaps(nn.Module):
 
     def extra_repr(self):
         return (f"B={self.B}, C={self.C}, K={self.K}, stride={self.stride}, iterations={self.iterations}, routing={self.routing!r}, "
-                f"cost={self.cost!r}, spatial_routing={self.spatial_routing}, " + _schedule_repr(self))
+                f"cost={self.cost!r}, spatial_routing={self.spatial_routing}, " + _schedule_repr(self) + _floor_repr(self))
 
 # %% ../nbs/05_layers.ipynb #2873da97
 class ClassCaps(nn.Module):
@@ -137,15 +140,16 @@ class ClassCaps(nn.Module):
                  cost_scale: float | None = None, # 'paper' only; None: cost_scale_rule, 100 E / (H W D)
                  coord_entries: tuple = (0, 1),   # the entries coordinate addition writes: (0, 1) the article's, (3, 7) the paper's
                  schedule: str = 'article',       # 'article' (lambda_min to lambda_max) or 'paper' (paper_schedule)
-                 final_lambda: float = 0.01):     # the paper's schedule's lambda_final
+                 final_lambda: float = 0.01,      # the paper's schedule's lambda_final
+                 var_floor: float | None = None): # added to every sigma^2 (notebook 02); None: EPS
         super().__init__()
         self.D, self.E, self.iterations, self.coord_add, self.coord_entries = D, E, iterations, coord_add, tuple(coord_entries)
         coord_offsets(1, 1, 16, coord_entries=self.coord_entries)   # checks the entries
         self.routing = _routing(routing)
         self.lambda_min, self.lambda_max, self.schedule, self.final_lambda = lambda_min, lambda_max, schedule, final_lambda
         self._schedule = _schedule(lambda_min, lambda_max, schedule, final_lambda)
-        check_cost(cost, 1.0 if cost_scale is None else cost_scale)
-        self.cost, self._cost_scale = cost, cost_scale
+        check_cost(cost, 1.0 if cost_scale is None else cost_scale, var_floor)
+        self.cost, self._cost_scale, self.var_floor = cost, cost_scale, var_floor
         self.W = nn.Parameter(nn.init.trunc_normal_(torch.empty(D, E, 4, 4), std=1.0, a=-2.0, b=2.0))
         self.beta_v = nn.Parameter(torch.zeros(E))
         self.beta_a = nn.Parameter(torch.zeros(E))
@@ -159,7 +163,7 @@ class ClassCaps(nn.Module):
         _check_capsules('ClassCaps', pose, act, self.D)
         n, h, w, d = act.shape
         route = (self.beta_v, self.beta_a, self.iterations, self._schedule)
-        cost = dict(cost=self.cost, cost_scale=self.cost_scale_for(h, w) if self.cost == 'paper' else 1.0)
+        cost = dict(cost=self.cost, cost_scale=self.cost_scale_for(h, w) if self.cost == 'paper' else 1.0, var_floor=self.var_floor)
         if self.routing != 'literal':   # input (h, w, d) uses W[d]: W's rows repeat every D inputs
             offset = coord_offsets(h, w, 16, pose.dtype, pose.device, self.coord_entries)[:, :, None].expand(h, w, d, 16).reshape(-1, 16)
             pose_out, a_out = vote_and_route(pose.reshape(n, -1, 4, 4), self.W, act.reshape(n, -1), *route,
@@ -172,7 +176,7 @@ class ClassCaps(nn.Module):
 
     def extra_repr(self):
         return (f"D={self.D}, E={self.E}, iterations={self.iterations}, coord_add={self.coord_add}, coord_entries={self.coord_entries}, "
-                f"routing={self.routing!r}, cost={self.cost!r}, " + _schedule_repr(self))
+                f"routing={self.routing!r}, cost={self.cost!r}, " + _schedule_repr(self) + _floor_repr(self))
 
 # %% ../nbs/05_layers.ipynb #62ccd421
 VARIANTS = {  # what CapsNet(variant=...) sets; an explicit argument overrides any of these
@@ -190,7 +194,8 @@ class CapsNet(nn.Module):
                  schedule: str | None = None,           # 'article' (lambda_min to lambda_max) or 'paper' (paper_schedule)
                  spatial_routing: bool | None = None,   # ConvCaps children shared by overlapping parents
                  coord_entries: tuple | None = None,    # the entries coordinate addition writes
-                 final_lambda: float = 0.01):           # the paper's schedule's lambda_final
+                 final_lambda: float = 0.01,            # the paper's schedule's lambda_final
+                 var_floor: float | None = None):       # added to every sigma^2 in every routing layer (notebook 02); None: EPS
         super().__init__()
         if variant not in VARIANTS: raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {variant!r}")
         given = dict(cost=cost, schedule=schedule, spatial_routing=spatial_routing, coord_entries=coord_entries)
@@ -199,7 +204,7 @@ class CapsNet(nn.Module):
         norm = [nn.BatchNorm2d(A)] if batch_norm else []
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, A, 5, stride=2, padding=2), *norm, nn.ReLU())
         caps = dict(iterations=iterations, routing=routing, lambda_min=lambda_min, lambda_max=lambda_max,
-                    cost=opts['cost'], schedule=opts['schedule'], final_lambda=final_lambda)
+                    cost=opts['cost'], schedule=opts['schedule'], final_lambda=final_lambda, var_floor=var_floor)
         self.primary_caps = PrimaryCaps(A, B)
         self.conv_caps1 = ConvCaps(B, C, K, stride=2, spatial_routing=opts['spatial_routing'], **caps)
         self.conv_caps2 = ConvCaps(C, D, K, stride=1, spatial_routing=opts['spatial_routing'], **caps)

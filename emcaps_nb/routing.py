@@ -79,10 +79,10 @@ class RoutingStep:
 Schedule = Callable[[int], list]  # iterations -> one inverse temperature per iteration
 
 # %% ../nbs/03_e_step.ipynb #adb85085
-def check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost='article', cost_scale=1.0):
+def check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost='article', cost_scale=1.0, var_floor=None):
     check_votes(votes, a_in)
     check_betas(beta_v, beta_a, votes.shape[:-3] + votes.shape[-2:-1])
-    check_cost(cost, cost_scale)
+    check_cost(cost, cost_scale, var_floor)
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
     lambdas = list(schedule(iterations))
@@ -100,16 +100,17 @@ def em_routing_steps(
     schedule: Schedule = inverse_temperature_schedule, # iterations -> list of lambda
     cost: str = 'article',   # the M-step's activation cost: 'article' or 'paper' (notebook 02)
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
+    var_floor: float | None = None, # added to every sigma^2 (notebook 02); None: EPS
 ) -> Iterator[RoutingStep]:
     "Run EM routing, yielding the state after each iteration's M-step."
-    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
+    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor)
     ct = routing_dtype(votes)   # half precision is routed in float32 throughout, not rounded between steps
-    return _em_routing_gen(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), lambdas, cost, cost_scale)
+    return _em_routing_gen(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), lambdas, cost, cost_scale, var_floor)
 
-def _em_routing_gen(votes, a_in, beta_v, beta_a, lambdas, cost, cost_scale):
+def _em_routing_gen(votes, a_in, beta_v, beta_a, lambdas, cost, cost_scale, var_floor):
     rr = votes.new_full(votes.shape[-3:-1], 1.0 / votes.shape[-2])   # uniform R_ij = 1/O, broadcast over `...`
     for t, lam in enumerate(lambdas):
-        mean, stdv, a_out = m_step(rr, votes, a_in, beta_v, beta_a, lam, cost, cost_scale)
+        mean, stdv, a_out = m_step(rr, votes, a_in, beta_v, beta_a, lam, cost, cost_scale, var_floor)
         yield RoutingStep(t, lam, rr, mean, stdv, a_out)
         if t < len(lambdas) - 1: rr = e_step(mean, stdv, a_out, votes)
 
@@ -123,9 +124,10 @@ def em_routing(
     schedule: Schedule = inverse_temperature_schedule, # iterations -> list of lambda
     cost: str = 'article',   # the M-step's activation cost: 'article' or 'paper' (notebook 02)
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
+    var_floor: float | None = None, # added to every sigma^2 (notebook 02); None: EPS
 ) -> tuple[Tensor, Tensor]:  # pose (..., O, h) and activation a_out (..., O) of the output capsules
     "EM routing (Procedure 1 of the paper): output poses and activations from votes."
-    for step in em_routing_steps(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale): pass
+    for step in em_routing_steps(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor): pass
     return step.mean.to(votes.dtype), step.a_out.to(votes.dtype)
 
 # %% ../nbs/03_e_step.ipynb #d2e366a8
@@ -170,13 +172,13 @@ def spatial_initial_rr(
         0, children.flatten(), torch.ones(children.numel(), dtype=dtype, device=children.device))
     return (1.0 / (O * windows[children].to(dtype)))[..., None].expand(*children.shape, O)
 
-def _spatial_steps(votes, a_in, beta_v, beta_a, children, lambdas, cost, cost_scale, n_children=None):
+def _spatial_steps(votes, a_in, beta_v, beta_a, children, lambdas, cost, cost_scale, var_floor=None, n_children=None):
     "Yield (rr, mean, stdv, a_out) after each M-step of spatial EM routing; inputs in the routing dtype."
     given = n_children is not None
     n_children = n_children if given else int(children.max()) + 1
     rr = spatial_initial_rr(children, votes.shape[-2], votes.dtype, n_children if given else None)   # (oh, ow, i, o)
     for t, lam in enumerate(lambdas):
-        mean, stdv, a_out = m_step(rr, votes, a_in, beta_v, beta_a, lam, cost, cost_scale)
+        mean, stdv, a_out = m_step(rr, votes, a_in, beta_v, beta_a, lam, cost, cost_scale, var_floor)
         yield rr, mean, stdv, a_out
         if t < len(lambdas) - 1: rr = child_softmax(e_step_logits(mean, stdv, a_out, votes), children, n_children)
 
@@ -190,14 +192,15 @@ def spatial_em_routing(
     schedule: Schedule = inverse_temperature_schedule, # iterations -> list of lambda
     cost: str = 'article',   # the M-step's activation cost (notebook 02)
     cost_scale: float = 1.0, # 'paper' only
+    var_floor: float | None = None, # added to every sigma^2 (notebook 02); None: EPS
     n_children: int | None = None, # the number of children (H * W * B); None: children.max() + 1. Given, no shape in
                                    # here depends on the data (torch.compile makes one graph of it: notebook 04a)
 ) -> tuple[Tensor, Tensor]:  # pose (N, OH, OW, O, h), a_out (N, OH, OW, O)
     "EM routing in which each child's assignments are normalised over all parents whose windows contain it."
     if votes.ndim != 6: raise ValueError(f"votes must have shape (N, OH, OW, I, O, h), got {tuple(votes.shape)}")
-    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale)
+    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor)
     if children.shape != votes.shape[1:4] or children.dtype != torch.long:
         raise ValueError(f"children must be a long tensor of shape (OH, OW, I) = {tuple(votes.shape[1:4])}, got {children.dtype} {tuple(children.shape)}")
     dtype, ct = votes.dtype, routing_dtype(votes)
-    for _, mean, _, a_out in _spatial_steps(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), children, lambdas, cost, cost_scale, n_children): pass
+    for _, mean, _, a_out in _spatial_steps(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), children, lambdas, cost, cost_scale, var_floor, n_children): pass
     return mean.to(dtype), a_out.to(dtype)

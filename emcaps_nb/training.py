@@ -7,10 +7,11 @@ __all__ = ['MODEL_CONFIGS', 'CHECKPOINT_FORMAT', 'TRAINABILITY_RUNS', 'build_mod
            'autocast_dtype', 'GlobalBatchSampler', 'CheckpointError', 'DivergenceError', 'non_finite',
            'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state', 'Dist', 'init_distributed',
            'class_scores', 'model_loss', 'evaluate', 'limit_dataset', 'count_classes', 'hardware', 'source_commit',
-           'TrainResult', 'prepare_data', 'train_step', 'Checkpointer', 'train', 'load_model', 'eval_checkpoint']
+           'TrainResult', 'prepare_data', 'train_step', 'Checkpointer', 'train', 'IterationsWarning', 'load_model',
+           'eval_checkpoint']
 
 # %% ../nbs/07_training.ipynb #b7ee6dca
-import json, os, pathlib, platform, random, time
+import json, os, pathlib, platform, random, time, warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Iterator
 
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .files import atomic_path, atomic_write, stale_temporaries
 from .layers import ROUTINGS, VARIANTS, CapsNet, calibrate_activations
+from .mstep import check_cost
 from .baseline import CNNBaseline
 from .loss import spread_loss, spread_loss_margin
 from .data import get_dataset
@@ -48,6 +50,7 @@ def build_model(
     image_size: int = 28,             # image side (the CNN's fully connected layer depends on it)
     variant: str = 'article',         # capsules: 'article' (today's model, bit for bit) or 'paper' (VARIANTS)
     spatial_routing: bool | None = None, # capsules: override the variant's choice of shared children
+    var_floor: float | None = None,   # capsules: the variance floor of every routing layer (notebook 02); None: EPS
 ) -> nn.Module:
     "A network by configuration name."
     if name not in MODEL_CONFIGS: raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
@@ -55,7 +58,7 @@ def build_model(
     cfg = dict(MODEL_CONFIGS[name]); kind = cfg.pop('kind')
     if kind == 'cnn': return CNNBaseline(in_channels, num_classes, image_size, **cfg)
     caps = dict(E=num_classes, in_channels=in_channels, iterations=iterations, routing=routing, variant=variant,
-                spatial_routing=spatial_routing)
+                spatial_routing=spatial_routing, var_floor=var_floor)
     if inverse_temperature == 'article': return CapsNet(**cfg, **caps, schedule='article', lambda_min=1.0, lambda_max=None)
     lam = float(inverse_temperature)
     if variant == 'paper': return CapsNet(**cfg, **caps, final_lambda=lam)
@@ -77,6 +80,7 @@ class TrainConfig:
                                      # with variant 'paper', the final lambda of the paper's schedule
     variant: str = 'article'         # capsules: 'article' (standardised cost, fixed lambda) or 'paper' (notebook 05)
     spatial_routing: bool | None = None # capsules: override the variant's children shared by overlapping parents
+    var_floor: float | None = None   # capsules: added to every sigma^2 in routing (notebook 02); None: EPS = 1e-8; the official code: 5e-4
     routing: str = 'auto'            # capsules: which implementation routes (notebook 05's ROUTINGS; all compute the same)
     margin_start: float = 0.2        # spread-loss margin in the first epoch ...
     margin_step: float = 0.1         # ... grows by this after each epoch ...
@@ -114,6 +118,7 @@ class TrainConfig:
         if self.variant not in VARIANTS: raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {self.variant!r}")
         if self.spatial_routing not in (None, True, False): raise ValueError(f"spatial_routing must be true, false or null, got {self.spatial_routing!r}")
         if self.routing not in ROUTINGS: raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
+        check_cost('article', 1.0, self.var_floor)
         if self.clip_grad_norm is not None and not (isinstance(self.clip_grad_norm, (int, float)) and self.clip_grad_norm > 0):
             raise ValueError(f"clip_grad_norm must be a positive number or None, got {self.clip_grad_norm!r}")
         lam = self.inverse_temperature
@@ -445,7 +450,7 @@ def train(
     train_ds, test_ds, num_classes, in_channels, image_size = prepare_data(cfg, ddp)
 
     net = build_model(cfg.model, in_channels, num_classes, cfg.iterations, cfg.inverse_temperature, image_size=image_size,
-                      variant=cfg.variant, spatial_routing=cfg.spatial_routing, routing=cfg.routing).to(device)
+                      variant=cfg.variant, spatial_routing=cfg.spatial_routing, var_floor=cfg.var_floor, routing=cfg.routing).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
@@ -567,6 +572,9 @@ def train(
     return TrainResult(net, history, steps, out, test, stopped=False)
 
 # %% ../nbs/07_training.ipynb #a19be5b3
+class IterationsWarning(UserWarning):
+    "A trained capsule network routed with another number of EM iterations than it was trained with."
+
 def load_model(
     path,                             # a checkpoint file, or a checkpoint already read by `load_checkpoint`
     map_location='cpu',
@@ -575,8 +583,12 @@ def load_model(
     "The trained model of a checkpoint (optionally with another number of routing iterations) and its config."
     state = path if isinstance(path, dict) else load_checkpoint(path, map_location)
     cfg = TrainConfig.from_dict(state['config'])
+    if iterations and iterations != cfg.iterations and MODEL_CONFIGS[cfg.model]['kind'] == 'capsules':
+        warnings.warn(f"this network was trained with {cfg.iterations} routing iterations and is routed with {iterations}: the "
+                      f"count is part of the function training fitted, expect lower accuracy (notebook 08a measures it)",
+                      IterationsWarning, stacklevel=2)
     net = build_model(cfg.model, state['in_channels'], state['num_classes'], iterations or cfg.iterations, cfg.inverse_temperature,
-                      image_size=state['image_size'], variant=cfg.variant, spatial_routing=cfg.spatial_routing)
+                      image_size=state['image_size'], variant=cfg.variant, spatial_routing=cfg.spatial_routing, var_floor=cfg.var_floor)
     net.load_state_dict(state['model'])
     return net.to(map_location).eval(), cfg
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .fast_routing import ROUTERS
-from .mstep import COSTS, EPS, MASS, SPREAD, TINY
+from .mstep import COSTS, MASS, SPREAD, TINY, var_floor_of
 from .votes import mat_transform
 
 # %% ../nbs/04b_triton_routing.ipynb #28fa9f8e
@@ -285,6 +285,7 @@ def _interpreting() -> bool: return os.environ.get('TRITON_INTERPRET') == '1'
 def _kernels():
     "The forward and backward kernels through triton.jit: compiled for the GPU, or run by Triton's interpreter (TRITON_INTERPRET=1)."
     import triton, triton.language as tl
+    _check_mode()
     scope = {'tl': tl, 'triton': triton}
     def jit(f):
         g = types.FunctionType(f.__code__, scope, f.__name__)
@@ -292,6 +293,19 @@ def _kernels():
         return triton.jit(g)
     scope['_votes_block'], scope['_floors'] = jit(_votes_block), jit(_floors)
     return jit(_route_fwd), jit(_route_bwd)
+
+def _check_mode():
+    "Refuse a Triton whose own library functions (tl.sum, ...) were made at import for the other mode than TRITON_INTERPRET asks now."
+    try:
+        from triton.language.standard import sum as tl_sum
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError: return   # a Triton laid out otherwise: nothing to check against
+    imported = isinstance(tl_sum, InterpretedFunction)
+    if imported != _interpreting():
+        raise RuntimeError(f"Triton was imported {'with' if imported else 'without'} TRITON_INTERPRET=1 and it is "
+                           f"{'unset' if imported else 'set'} now: Triton decides at import whether its library runs compiled or "
+                           f"interpreted, so set TRITON_INTERPRET=1 (CPU tensors) before anything imports triton, torch.compile "
+                           f"included, or restart the process")
 
 def _check_device(t: Tensor):
     if not triton_available(): raise RuntimeError("backend='triton' needs Triton (PyTorch's Linux wheels bring it; else pip install triton)")
@@ -308,16 +322,16 @@ def _blocks(O: int, H: int, BI: int = 16) -> dict:
 def _state_size(b: dict) -> int: return 2 * b['BO'] * b['HB'] + 3 * b['BO']   # mu and var (BO x HB), a, S, cost (BO)
 
 @functools.lru_cache(maxsize=256)   # made once per setting: no host-to-device copy per call
-def _consts(dtype: torch.dtype, cost_scale: float, device: torch.device) -> Tensor:
-    "Notebook 02's floors and the cost scale, in the routing dtype."
-    return torch.tensor([EPS[dtype], TINY[dtype], MASS[dtype], SPREAD[dtype], cost_scale], dtype=dtype, device=device)
+def _consts(dtype: torch.dtype, cost_scale: float, var_floor: float | None, device: torch.device) -> Tensor:
+    "Notebook 02's floors (the variance floor var_floor, EPS if None) and the cost scale, in the routing dtype."
+    return torch.tensor([var_floor_of(var_floor, dtype), TINY[dtype], MASS[dtype], SPREAD[dtype], cost_scale], dtype=dtype, device=device)
 
 @functools.lru_cache(maxsize=256)
 def _lambdas(lambdas: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
     "The inverse temperature of each iteration, in the routing dtype."
     return torch.tensor(lambdas, dtype=dtype, device=device)
 
-def _forward(votes, pose, W, offset, a, bv, ba, lambdas, cost, cost_scale, save, rr=None, estep=False):
+def _forward(votes, pose, W, offset, a, bv, ba, lambdas, cost, cost_scale, var_floor, save, rr=None, estep=False):
     "Launch the forward kernel on votes (n, I, O, h), or on poses (n, I, h) with W (Iw, O, h) and offsets (I, h); rr: one step from it."
     (n, I), O = a.shape, bv.shape[1]
     fused = votes is None
@@ -329,7 +343,7 @@ def _forward(votes, pose, W, offset, a, bv, ba, lambdas, cost, cost_scale, save,
     st = torch.empty(n, iters, _state_size(b), dtype=dt, device=dev) if save else R
     mean, act = torch.empty(n, O, H, dtype=dt, device=dev), torch.empty(n, O, dtype=dt, device=dev)
     X = torch.empty(n, I, O, dtype=dt, device=dev) if estep else act   # the step's E-step logits
-    lam, consts = _lambdas(tuple(lambdas), dt, dev), _consts(dt, cost_scale, dev)
+    lam, consts = _lambdas(tuple(lambdas), dt, dev), _consts(dt, cost_scale, var_floor, dev)
     if n:
         src = pose if fused else votes
         fwd, _ = _kernels()
@@ -364,9 +378,9 @@ def _backward(votes, a, bv, lam, consts, R, st, g_mean, g_act, g_x, paper, step)
 class _TritonRouting(torch.autograd.Function):
     "EM routing of given votes (n, I, O, h) in the forward kernel; backward in the backward kernel, from the state the forward saved."
     @staticmethod
-    def forward(ctx, votes, a, bv, ba, lambdas, cost, cost_scale, save):
+    def forward(ctx, votes, a, bv, ba, lambdas, cost, cost_scale, var_floor, save):
         parts = _slices(a.shape[0], _chunk(*votes.shape[1:], votes.element_size(), None))
-        runs = [_forward(votes[s], None, None, None, a[s], bv[s], ba[s], lambdas, cost, cost_scale, save) for s in parts]
+        runs = [_forward(votes[s], None, None, None, a[s], bv[s], ba[s], lambdas, cost, cost_scale, var_floor, save) for s in parts]
         if save: ctx.save_for_backward(votes, a, bv, *(t for r in runs for t in r[3]))
         ctx.paper, ctx.parts = cost == 'paper', parts
         return _cat(r[0] for r in runs), _cat(r[1] for r in runs)
@@ -377,13 +391,12 @@ class _TritonRouting(torch.autograd.Function):
         votes, a, bv, *states = ctx.saved_tensors
         grads = [_backward(votes[s], a[s], bv[s], *states[4 * k:4 * k + 4], g_mean[s], g_act[s], None, ctx.paper, False)
                  for k, s in enumerate(ctx.parts)]
-        return (*(_cat(g) for g in zip(*grads)), None, None, None, None)
+        return (*(_cat(g) for g in zip(*grads)), None, None, None, None, None)
 
 def _votes(pose, W, offset):
-    "v_ij = M_i W_(i mod Iw) j (+ offset_i) by PyTorch: pose (n, I, h), W (Iw, O, h), offset (I, h) or None -> (n, I, O, h)."
-    (n, I, H), (Iw, O, _) = pose.shape, W.shape
-    P = round(H ** 0.5)
-    v = mat_transform(pose.view(n, I // Iw, Iw, P, P), W.view(Iw, O, P, P)).flatten(-4, -3)
+    "01's votes on the kernels' flat layouts: pose (n, I, h), W (Iw, O, h), offset (I, h) or None -> (n, I, O, h)."
+    P = round(pose.shape[-1] ** 0.5)
+    v = mat_transform(pose.unflatten(-1, (P, P)), W.unflatten(-1, (P, P)))
     return v if offset is None else v + offset[:, None, :]
 
 class _TritonFromPoses(torch.autograd.Function):
@@ -391,9 +404,9 @@ class _TritonFromPoses(torch.autograd.Function):
     given assignments. The backward makes each chunk's votes again with PyTorch, runs the backward kernel on them and
     hands their gradient to PyTorch's matrix products: all the votes, or their gradient, never exist at once."""
     @staticmethod
-    def forward(ctx, pose, W, offset, a, bv, ba, rr, lambdas, estep, cost, cost_scale, chunk_mb):
+    def forward(ctx, pose, W, offset, a, bv, ba, rr, lambdas, estep, cost, cost_scale, var_floor, chunk_mb):
         parts = _slices(a.shape[0], _chunk(pose.shape[1], W.shape[1], pose.shape[2], pose.element_size(), chunk_mb))
-        runs = [_forward(None, pose[s], W, offset, a[s], bv[s], ba[s], lambdas, cost, cost_scale, True,
+        runs = [_forward(None, pose[s], W, offset, a[s], bv[s], ba[s], lambdas, cost, cost_scale, var_floor, True,
                          None if rr is None else rr[s], estep) for s in parts]
         mean, act, x = (_cat(r[k] for r in runs) for k in range(3))
         if not estep: x = a.new_empty(0); ctx.mark_non_differentiable(x)
@@ -423,33 +436,33 @@ class _TritonFromPoses(torch.autograd.Function):
                 if need[1]: g_W += next(got)
                 if g_off is not None: g_off += next(got)
         ga, gbv, gba, *grr = (_cat(g) for g in zip(*rest))
-        return g_pose, g_W, g_off, ga, gbv, gba, grr[0] if ctx.step else None, None, None, None, None, None
+        return g_pose, g_W, g_off, ga, gbv, gba, grr[0] if ctx.step else None, None, None, None, None, None, None
 
 
 # %% ../nbs/04b_triton_routing.ipynb #5045a85e
-def _route(votes, a, beta_v, beta_a, lambdas, cost, cost_scale):
+def _route(votes, a, beta_v, beta_a, lambdas, cost, cost_scale, var_floor=None):
     "ROUTERS['triton']: votes (n, I, O, h), a (n, I), betas (n, O), all contiguous in the routing dtype."
     _check_device(votes)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (votes, a, beta_v, beta_a))
-    return _TritonRouting.apply(votes, a, beta_v, beta_a, list(lambdas), cost, cost_scale, save)
+    return _TritonRouting.apply(votes, a, beta_v, beta_a, list(lambdas), cost, cost_scale, var_floor, save)
 
-def _route_poses(pose, W, offset, a, beta_v, beta_a, rr, lambdas, estep, cost, cost_scale, chunk_mb):
+def _route_poses(pose, W, offset, a, beta_v, beta_a, rr, lambdas, estep, cost, cost_scale, var_floor, chunk_mb):
     "Routing with the votes made inside the kernel from pose (n, I, h), W (Iw, O, h) and offset (I, h): mu, a and the logits x."
     _check_device(pose)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (pose, W, offset, a, beta_v, beta_a, rr)):
-        return _TritonFromPoses.apply(pose, W, offset, a, beta_v, beta_a, rr, list(lambdas), estep, cost, cost_scale, chunk_mb)
+        return _TritonFromPoses.apply(pose, W, offset, a, beta_v, beta_a, rr, list(lambdas), estep, cost, cost_scale, var_floor, chunk_mb)
     parts = _slices(a.shape[0], _chunk(pose.shape[1], W.shape[1], pose.shape[2], pose.element_size(), None))
-    runs = [_forward(None, pose[s], W, offset, a[s], beta_v[s], beta_a[s], list(lambdas), cost, cost_scale, False,
+    runs = [_forward(None, pose[s], W, offset, a[s], beta_v[s], beta_a[s], list(lambdas), cost, cost_scale, var_floor, False,
                      None if rr is None else rr[s], estep) for s in parts]
     return tuple(_cat(r[k] for r in runs) for k in range(3))
 
-def _route_votes(pose, W, offset, a, beta_v, beta_a, lambdas, cost, cost_scale, chunk_mb):
+def _route_votes(pose, W, offset, a, beta_v, beta_a, lambdas, cost, cost_scale, var_floor, chunk_mb):
     "ROUTERS['triton votes']: all iterations, the votes made in the kernel (chunk_mb: the votes its backward makes at once)."
-    return _route_poses(pose, W, offset, a, beta_v, beta_a, None, lambdas, False, cost, cost_scale, chunk_mb)[:2]
+    return _route_poses(pose, W, offset, a, beta_v, beta_a, None, lambdas, False, cost, cost_scale, var_floor, chunk_mb)[:2]
 
-def _route_step(pose, W, a, beta_v, beta_a, rr, lam, estep, cost, cost_scale, chunk_mb):
+def _route_step(pose, W, a, beta_v, beta_a, rr, lam, estep, cost, cost_scale, var_floor, chunk_mb):
     "ROUTERS['triton step']: one iteration from assignments rr (n, I, O); returns mu, a and (if estep) the E-step's logits."
-    return _route_poses(pose, W, None, a, beta_v, beta_a, rr, [float(lam)], estep, cost, cost_scale, chunk_mb)
+    return _route_poses(pose, W, None, a, beta_v, beta_a, rr, [float(lam)], estep, cost, cost_scale, var_floor, chunk_mb)
 
 ROUTERS['triton'], ROUTERS['triton votes'], ROUTERS['triton step'] = _route, _route_votes, _route_step
 

@@ -31,13 +31,17 @@ def kernel_tile(
 # %% ../nbs/01_votes.ipynb #9072793b
 def mat_transform(
     pose: Tensor, # input poses, shape (..., I, P, P), e.g. (N, 6, 6, 288, 4, 4)
-    W: Tensor,    # transformation matrices, shape (I, O, P, P), e.g. (288, 32, 4, 4), shared over `...`
-) -> Tensor:      # votes v_ij = M_i W_ij, flattened: shape (..., I, O, P*P), e.g. (N, 6, 6, 288, 32, 16)
-    "Votes of every input capsule for every output capsule type."
+    W: Tensor,    # transformation matrices, shape (I_W, O, P, P) with I a multiple of I_W, e.g. (288, 32, 4, 4); shared over `...`
+) -> Tensor:      # votes v_ij = M_i W_(i mod I_W) j, flattened: shape (..., I, O, P*P), e.g. (N, 6, 6, 288, 32, 16)
+    "Votes of every input capsule for every output capsule type; input i uses W's row i mod I_W."
     if W.ndim != 4 or W.shape[-1] != W.shape[-2]:
-        raise ValueError(f"W must have shape (I, O, P, P), got {tuple(W.shape)}")
-    if pose.ndim < 3 or pose.shape[-3:] != (W.shape[0], *W.shape[-2:]):
-        raise ValueError(f"pose must have shape (..., {W.shape[0]}, {W.shape[2]}, {W.shape[3]}) "
+        raise ValueError(f"W must have shape (I_W, O, P, P), got {tuple(W.shape)}")
+    Iw, P = W.shape[0], W.shape[-1]
+    if pose.ndim < 3 or pose.shape[-2:] != (P, P) or pose.shape[-3] % Iw:
+        raise ValueError(f"pose must have shape (..., I, {P}, {P}) with I a multiple of {Iw} "
                          f"to match W {tuple(W.shape)}, got {tuple(pose.shape)}")
+    I = pose.shape[-3]
+    if I != Iw: return mat_transform(pose.unflatten(-3, (I // Iw, Iw)), W).flatten(-4, -3)   # rows shared along the inputs
     votes = torch.einsum('...ipq,ioqr->...iopr', pose, W)   # (..., i, o, p, r)
     return votes.flatten(-2)                                # (..., i, o, h)
+

@@ -20,6 +20,8 @@ VARIANTS = {  # name -> emcaps train options
     'paper-clip': ['--variant', 'paper', '--clip-grad-norm', '1'],  # a trial for 3 iterations' slow start (issue 16)
     'paper-warm': ['--variant', 'paper'],   # a trial: 3 iterations started from the finished 2-iteration run (WARM)
     'paper-warm-lr': ['--variant', 'paper', '--lr', '0.0003'],   # the same at a tenth of the learning rate
+    'paper-lr': ['--variant', 'paper', '--lr', '0.001'],   # a trial: 3 iterations from scratch at a third of the learning rate
+    'paper-floor': ['--variant', 'paper', '--var-floor', '5e-4'],   # a trial: the official code's variance floor (min_var)
 }
 WARM = {'paper-warm': ('paper', 2, 10), 'paper-warm-lr': ('paper', 2, 10)}   # variant -> (variant, iterations of the run it starts from, epochs of its own)
 EPOCHS = {'mnist-sample': 20, 'fashion-mnist': 6}

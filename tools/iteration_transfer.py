@@ -5,11 +5,11 @@ prints one line per run.
 
     OMP_NUM_THREADS=1 python tools/iteration_transfer.py
 """
-import json, pathlib, sys
+import json, pathlib, sys, warnings
 
 import torch
 
-from emcaps_nb.training import eval_checkpoint, hardware
+from emcaps_nb.training import IterationsWarning, eval_checkpoint, hardware
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / 'results' / 'ablation' / 'iteration_transfer.json'
@@ -18,6 +18,7 @@ VARIANTS = ('article', 'article-schedule', 'paper', 'paper-per-position')
 
 def main():
     torch.set_num_threads(1)
+    warnings.simplefilter('ignore', IterationsWarning)   # other counts than trained: the measurement
     runs = []
     for variant in VARIANTS:
         for seed in (0, 1):
