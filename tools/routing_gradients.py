@@ -1,14 +1,17 @@
 """Issue 16, why 3 routing iterations train worse than 2: the gradient of the `small` network's weights at the start of
-training, with 1, 2 and 3 routing iterations, for the article's and the paper's variant.
+training, with 1, 2 and 3 routing iterations, for the article's and the paper's variant (and the paper's with the official
+code's variance floor, var_floor 5e-4: `paper-floor`).
 
 For each variant, number of iterations and seed: the network as `emcaps train` starts it (build_model, and for the paper
 variant calibrate_activations on 256 training images), one batch of 64 mnist-sample training images, the spread loss at
-the first epoch's margin (0.2), and the norm of the loss's gradient with respect to each layer's W and beta_v. Writes
+the first epoch's margin (0.2), the share of class activations saturated (below 0.01 or above 0.99), and the norm of the
+loss's gradient with respect to each layer's W and beta_v. Writes
 results/ablation/gradient_growth.json and prints one line per run.
 
-With --trained: for the trained paper runs in runs/ablation (1, 2 and 3 iterations, seed 0), the share of each layer's
-parents whose variance has collapsed onto a single vote after the last routing iteration (mean ln sigma^2 over the 16 pose
-entries within a factor 10 of the floor EPS), on 64 test images, with the literal routing. Writes
+With --trained: for the finished paper and paper-floor runs in runs/ablation (1, 2 and 3 iterations, seed 0), the share of
+each layer's parents whose variance has collapsed onto a single vote after the last routing iteration (mean ln sigma^2 over
+the 16 pose entries within a factor 10 of the run's variance floor: EPS, or its var_floor), on 64 test images, with the
+literal routing. Writes
 results/ablation/collapse.json.
 
     OMP_NUM_THREADS=1 python tools/routing_gradients.py
@@ -20,12 +23,14 @@ import torch
 
 from emcaps_nb.data import get_dataset
 from emcaps_nb.layers import calibrate_activations
-from emcaps_nb.training import build_model, class_scores, hardware, load_model, model_loss
+from emcaps_nb.training import build_model, hardware, load_model, model_loss
 import emcaps_nb.routing as routing
 from emcaps_nb.mstep import EPS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / 'results' / 'ablation' / 'gradient_growth.json'
+VARIANTS = ('article', 'paper', 'paper-floor')
+FLOORS = {'paper-floor': 5e-4}   # var_floor of a variant (None: EPS)
 
 
 def main():
@@ -34,23 +39,26 @@ def main():
     calib = torch.stack([ds[k][0] for k in range(256)])
     x, y = calib[:64], torch.tensor([ds[k][1] for k in range(64)])
     rows = []
-    for variant in ('article', 'paper'):
+    for variant in VARIANTS:
         for its in (1, 2, 3):
             for seed in (0, 1, 2):
                 torch.manual_seed(seed)
-                net = build_model('small', 1, 10, its, 0.01, image_size=28, variant=variant)
-                if variant == 'paper': calibrate_activations(net, calib)
-                loss = model_loss('small', class_scores(net(x)).float(), y, 0.2)
+                net = build_model('small', 1, 10, its, 0.01, image_size=28, variant=variant.split('-')[0], var_floor=FLOORS.get(variant))
+                if variant != 'article': calibrate_activations(net, calib)
+                act = net(x)[1]
+                saturated = ((act < 0.01) | (act > 0.99)).double().mean().item()
+                loss = model_loss('small', act.float(), y, 0.2)
                 net.zero_grad(); loss.backward()
                 norms = {n: p.grad.norm().item() for n, p in net.named_parameters()
                          if p.grad is not None and n.split('.')[-1] in ('W', 'beta_v')}
-                rows.append({'variant': variant, 'iterations': its, 'seed': seed, 'loss': loss.item(), 'grad_norm': norms})
+                rows.append({'variant': variant, 'iterations': its, 'seed': seed, 'loss': loss.item(), 'saturated': saturated, 'grad_norm': norms})
                 print(variant, its, seed, ' '.join(f'{k} {v:.2e}' for k, v in norms.items()), flush=True)
     summary = {}
-    for variant in ('article', 'paper'):
+    for variant in VARIANTS:
         for its in (1, 2, 3):
             rs = [r for r in rows if (r['variant'], r['iterations']) == (variant, its)]
             summary[f'{variant}-it{its}'] = {k: statistics.median(r['grad_norm'][k] for r in rs) for k in rs[0]['grad_norm']}
+            summary[f'{variant}-it{its}'].update(loss=statistics.median(r['loss'] for r in rs), saturated=statistics.median(r['saturated'] for r in rs))
     OUT.write_text(json.dumps({'what': __doc__.split('\n\n')[0], 'batch': 64, 'margin': 0.2, 'dataset': 'mnist-sample', 'config': 'small',
                                'hardware': hardware(torch.device('cpu')), 'torch': torch.__version__, 'python': platform.python_version(),
                                'median_over_seeds': summary, 'runs': rows}, indent=1) + '\n')
@@ -66,9 +74,11 @@ def collapse():
         out = m_step(rr, votes, a_in, *args, **kw); seen.append((votes.shape[-3], out[1].detach(), out[2].detach())); return out
     routing.m_step = spy
     rows = []
-    for its in (1, 2, 3):
-        name = f'mnist-sample-paper-it{its}-s0'
+    runs = [(f'mnist-sample-{v}-it{its}-s0', its) for v in ('paper', 'paper-floor') for its in (1, 2, 3)]
+    for name, its in runs:
+        if not (ROOT / 'results' / 'ablation' / name / 'summary.json').exists(): continue   # finished runs only
         net, cfg = load_model(ROOT / 'runs' / 'ablation' / name / 'last.pt')
+        floor = cfg.var_floor or EPS[torch.float32]   # the run's own variance floor
         for m in net.modules():
             if hasattr(m, 'routing'): m.routing = 'literal'
         seen.clear()
@@ -77,14 +87,14 @@ def collapse():
         for k in range(len(seen) // its):
             I, stdv, a = seen[(k + 1) * its - 1]          # the layer's last M-step
             lv = torch.log(stdv.double() ** 2).mean(-1)   # mean ln sigma^2 per parent
-            col = (lv < torch.log(torch.tensor(10 * EPS[torch.float32], dtype=torch.float64))).double()
+            col = (lv < torch.log(torch.tensor(10 * floor, dtype=torch.float64))).double()
             layers.append({'inputs': I, 'collapsed': col.mean().item(),
                            'collapsed_activation_weighted': ((col * a.double()).sum() / a.double().sum()).item(),
                            'mean_ln_var': lv.mean().item(), 'mean_activation': a.double().mean().item()})
-        rows.append({'run': name, 'iterations': its, 'layers': layers})
+        rows.append({'run': name, 'iterations': its, 'var_floor': floor, 'layers': layers})
         print(name, json.dumps(layers), flush=True)
     out = OUT.with_name('collapse.json')
-    out.write_text(json.dumps({'what': 'share of parents collapsed onto one vote (mean ln sigma^2 within 10x of EPS), last iteration, 64 test images',
+    out.write_text(json.dumps({'what': 'share of parents collapsed onto one vote (mean ln sigma^2 within 10x of the run\'s variance floor: EPS, or var_floor), last iteration, 64 test images',
                                'eps': EPS[torch.float32], 'hardware': hardware(torch.device('cpu')), 'runs': rows}, indent=1) + '\n')
     print('wrote', out)
 
