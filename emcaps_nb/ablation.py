@@ -9,10 +9,13 @@ __all__ = ['VARIANT_NAMES', 'ablation_record', 'ablation_records', 'summarise', 
 import argparse, json, pathlib, statistics
 
 from .files import atomic_write
+from .training import TrainConfig
 
 # %% ../nbs/08a_ablation.ipynb #62865fc0
 VARIANT_NAMES = ('article', 'article-schedule', 'paper', 'paper-per-position', 'paper-clip', 'paper-warm', 'paper-warm-lr', 'paper-lr',
                  'paper-floor')   # as tools/ablation.py names them
+
+_LR = TrainConfig().lr   # emcaps train's learning rate
 
 def _variant(cfg: dict) -> str:
     "The ablation's name for a run's routing configuration."
@@ -22,7 +25,7 @@ def _variant(cfg: dict) -> str:
     name += '-clip' if cfg.get('clip_grad_norm') else ''   # a trial with clipped gradients is not the variant itself,
     name += '-floor' if cfg.get('var_floor') is not None else ''   # nor one with another variance floor,
     name += '-warm' if cfg.get('init') else ''   # one started from another run's weights,
-    name += '-lr' if cfg.get('lr', 3e-3) != 3e-3 else ''   # or one at another learning rate
+    name += '-lr' if cfg.get('lr', _LR) != _LR else ''   # or one at another learning rate than emcaps train's default
     return name
 
 def _jsonl(path): return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
