@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['ROUTINGS', 'SCHEDULES', 'COST_SCALE_UNIT', 'VARIANTS', 'PrimaryCaps', 'cost_scale_rule', 'ConvCaps', 'ClassCaps',
-           'CapsNet', 'calibrate_activations']
+           'CapsNet', 'mean_log_sigma', 'calibrate_activations']
 
 # %% ../nbs/05_layers.ipynb #2fe8de06
 import functools, math, warnings
+from collections.abc import Iterator
 from functools import partial
 
 import torch
@@ -15,7 +16,8 @@ from torch import nn, Tensor
 
 from .votes import kernel_tile, mat_transform
 from .mstep import check_cost
-from .routing import em_routing, inverse_temperature_schedule, paper_schedule, spatial_children, spatial_em_routing, spatial_initial_rr
+from .routing import (RoutingStep, em_routing, em_routing_steps, inverse_temperature_schedule, paper_schedule, spatial_children,
+                               spatial_em_routing, spatial_em_routing_steps, spatial_initial_rr)
 from .fast_routing import vote_and_route
 from .coordinates import coord_addition, coord_offsets
 
@@ -108,17 +110,20 @@ class ConvCaps(nn.Module):
         if not self.spatial_routing: return cost_scale_rule(self.K * self.K * self.B / self.C)   # I / O
         return cost_scale_rule(_spatial_initial_mass(H, W, self.K, self.stride, self.B, self.C))
 
-    def forward(self, pose: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
-        "(N, H, W, B, 4, 4), (N, H, W, B) -> (N, OH, OW, C, 4, 4), (N, OH, OW, C)"
+    def _windows(self, pose: Tensor, act: Tensor):
+        "Checked inputs -> their K x K windows (n, oh, ow, i, 4, 4) and (n, oh, ow, i), the cost's arguments, the shared children or None."
         _check_capsules('ConvCaps', pose, act, self.B)
         H, W = pose.shape[1:3]
         if min(H, W) < self.K:
             raise ValueError(f"ConvCaps with K={self.K} needs a capsule grid of at least {self.K}x{self.K}, got {(H, W)}")
-        patches = kernel_tile(pose, self.K, self.stride)                     # (n, oh, ow, i, 4, 4)
-        a_in = kernel_tile(act, self.K, self.stride)                         # (n, oh, ow, i)
-        route = (self.beta_v, self.beta_a, self.iterations, self._schedule)
         cost = dict(cost=self.cost, cost_scale=self.cost_scale_for(H, W) if self.cost == 'paper' else 1.0, var_floor=self.var_floor)
         children = spatial_children(H, W, self.K, self.stride, self.B, pose.device) if self.spatial_routing else None
+        return kernel_tile(pose, self.K, self.stride), kernel_tile(act, self.K, self.stride), cost, children
+
+    def forward(self, pose: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
+        "(N, H, W, B, 4, 4), (N, H, W, B) -> (N, OH, OW, C, 4, 4), (N, OH, OW, C)"
+        patches, a_in, cost, children = self._windows(pose, act)
+        route = (self.beta_v, self.beta_a, self.iterations, self._schedule)
         if self.routing != 'literal':   # votes made inside the routing (never stored by the CPU kernel)
             pose_out, a_out = vote_and_route(patches, self.W, a_in, *route, children=children, backend=self.routing, **cost)
         elif self.spatial_routing:
@@ -126,6 +131,13 @@ class ConvCaps(nn.Module):
         else:
             pose_out, a_out = em_routing(mat_transform(patches, self.W), a_in, *route, **cost)  # votes (n, oh, ow, i, o, 16)
         return pose_out.unflatten(-1, (4, 4)), a_out
+
+    def routing_steps(self, pose: Tensor, act: Tensor) -> Iterator[RoutingStep]:
+        "The layer's literal routing one iteration at a time: the state after each M-step (notebook 03), in the routing dtype."
+        patches, a_in, cost, children = self._windows(pose, act)
+        votes, route = mat_transform(patches, self.W), (self.beta_v, self.beta_a, self.iterations, self._schedule)
+        if children is None: return em_routing_steps(votes, a_in, *route, **cost)
+        return spatial_em_routing_steps(votes, a_in, *route[:2], children, *route[2:], **cost)
 
     def extra_repr(self):
         return (f"B={self.B}, C={self.C}, K={self.K}, stride={self.stride}, iterations={self.iterations}, routing={self.routing!r}, "
@@ -157,6 +169,16 @@ class ClassCaps(nn.Module):
     def cost_scale_for(self, H: int, W: int) -> float:
         "The scale of the paper's cost on an H x W input grid: the argument, or cost_scale_rule of I / O = H W D / E."
         return float(self._cost_scale) if self._cost_scale is not None else cost_scale_rule(H * W * self.D / self.E)
+
+    def routing_steps(self, pose: Tensor, act: Tensor) -> Iterator[RoutingStep]:
+        "The layer's literal routing one iteration at a time: the state after each M-step (notebook 03), in the routing dtype."
+        _check_capsules('ClassCaps', pose, act, self.D)
+        n, h, w, d = act.shape
+        cost = dict(cost=self.cost, cost_scale=self.cost_scale_for(h, w) if self.cost == 'paper' else 1.0, var_floor=self.var_floor)
+        votes = mat_transform(pose, self.W)                      # (n, h, w, d, e, 16)
+        if self.coord_add: votes = coord_addition(votes, self.coord_entries)
+        return em_routing_steps(votes.reshape(n, -1, self.E, 16), act.reshape(n, -1), self.beta_v, self.beta_a, self.iterations,
+                                self._schedule, **cost)
 
     def forward(self, pose: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
         "(N, H, W, D, 4, 4), (N, H, W, D) -> (N, E, 4, 4), (N, E)"
@@ -227,13 +249,41 @@ class CapsNet(nn.Module):
         return self.class_caps(pose, act)
 
 # %% ../nbs/05_layers.ipynb #b5a2fbbb
+def _calibrate_beta_a(layer, pose, act, goal, tol, max_steps) -> Tensor:
+    "Newton's method on beta_a of every type of one layer: each type's median logit on (pose, act) minus `goal`, returned."
+    lam = layer._schedule(layer.iterations)[-1]          # the last iteration's lambda decides the output
+    def error(beta_a):                                   # each type's median logit minus the goal
+        layer.beta_a.copy_(beta_a)
+        return torch.logit(layer(pose, act)[1].double().clamp(1e-12, 1 - 1e-12)).flatten(0, -2).median(0).values - goal
+    beta, jac, steps = layer.beta_a.double().clone(), None, 0
+    err = error(beta)
+    while err.abs().max() > tol and steps < max_steps:
+        if jac is None:                                  # finite differences, one layer evaluation per type
+            h, eye = 0.25 / lam, torch.eye(len(beta), dtype=beta.dtype)
+            jac, steps = torch.stack([(error(beta + h * eye[k]) - err) / h for k in range(len(beta))], 1), steps + 1
+        step = torch.linalg.lstsq(jac, -err[:, None]).solution[:, 0]
+        step = step * min(1.0, 4 / (lam * step.abs().max()).item())   # at most 4 logits per type per step
+        new = error(beta + step); steps += 1
+        if new.abs().max() > 0.5 * err.abs().max(): jac = None          # too slow: a fresh Jacobian
+        beta, err = beta + step, new
+    layer.beta_a.copy_(beta)
+    return err
+
+def mean_log_sigma(layer: ConvCaps | ClassCaps, pose: Tensor, act: Tensor) -> Tensor:
+    "Per output type, the mean over h of ln sigma_j^h after the layer's last M-step, averaged over parents weighted by their mass sum_i r_ij a_i."
+    for step in layer.routing_steps(pose, act): pass
+    a_in = act.reshape(len(act), -1) if isinstance(layer, ClassCaps) else kernel_tile(act, layer.K, layer.stride)
+    mass = (step.rr * a_in.to(step.rr.dtype)[..., None]).sum(-2).flatten(0, -2)   # (parents, types)
+    return ((mass * step.stdv.log().mean(-1).flatten(0, -2)).sum(0) / mass.sum(0)).to(layer.beta_v.dtype)
+
 @torch.no_grad()
 def calibrate_activations(
-    net: CapsNet,         # a capsule network; its routing layers' beta_a are set in place
+    net: CapsNet,         # a capsule network; its routing layers' beta_a (and beta_v) are set in place
     x: Tensor,            # a batch of images, e.g. the first 256 training images
     target: float = 0.5,  # the median activation each capsule type should have on x
     tol: float = 0.01,    # the largest distance, in logits, of a type's median from the target's logit
-    max_steps: int = 12,  # layer evaluations of Newton's method per layer, a Jacobian counting as one
+    max_steps: int = 12,  # layer evaluations of Newton's method per layer and round, a Jacobian counting as one
+    beta_v: bool = False, # also set each type's beta_v to minus its mean_log_sigma on x[:32] (two rounds per layer)
 ) -> dict:                # per routing layer, the median activation of each type after calibration, shape (types,)
     "Set beta_a of each capsule type of ConvCaps1, ConvCaps2 and ClassCaps, layer after layer, so that its median activation on x is `target`."
     if not 0 < target < 1: raise ValueError(f"target must lie in (0, 1), got {target}")
@@ -242,22 +292,10 @@ def calibrate_activations(
     medians = {}
     for name in ('conv_caps1', 'conv_caps2', 'class_caps'):
         layer = getattr(net, name)
-        lam = layer._schedule(layer.iterations)[-1]          # the last iteration's lambda decides the output
-        def error(beta_a):                                   # each type's median logit minus the goal
-            layer.beta_a.copy_(beta_a)
-            return torch.logit(layer(pose, act)[1].double().clamp(1e-12, 1 - 1e-12)).flatten(0, -2).median(0).values - goal
-        beta, jac, steps = layer.beta_a.double().clone(), None, 0
-        err = error(beta)
-        while err.abs().max() > tol and steps < max_steps:
-            if jac is None:                                  # finite differences, one layer evaluation per type
-                h, eye = 0.25 / lam, torch.eye(len(beta), dtype=beta.dtype)
-                jac, steps = torch.stack([(error(beta + h * eye[k]) - err) / h for k in range(len(beta))], 1), steps + 1
-            step = torch.linalg.lstsq(jac, -err[:, None]).solution[:, 0]
-            step = step * min(1.0, 4 / (lam * step.abs().max()).item())   # at most 4 logits per type per step
-            new = error(beta + step); steps += 1
-            if new.abs().max() > 0.5 * err.abs().max(): jac = None          # too slow: a fresh Jacobian
-            beta, err = beta + step, new
-        layer.beta_a.copy_(beta)
+        err = _calibrate_beta_a(layer, pose, act, goal, tol, max_steps)
+        for _ in range(2 if beta_v else 0):   # beta_v moves the routing, the routing moves ln sigma: a second round settles it
+            layer.beta_v.copy_(-mean_log_sigma(layer, pose[:32], act[:32]))
+            err = _calibrate_beta_a(layer, pose, act, goal, tol, max_steps)
         pose, act = layer(pose, act)
         medians[name] = act.flatten(0, -2).median(0).values.float()
         if err.abs().max() > tol:

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['Schedule', 'e_step_logits', 'e_step', 'inverse_temperature_schedule', 'paper_schedule', 'RoutingStep',
            'check_routing', 'em_routing_steps', 'em_routing', 'spatial_children', 'child_softmax', 'spatial_initial_rr',
-           'spatial_em_routing']
+           'spatial_em_routing_steps', 'spatial_em_routing']
 
 # %% ../nbs/03_e_step.ipynb #7bf36f87
 from dataclasses import dataclass
@@ -173,16 +173,16 @@ def spatial_initial_rr(
     return (1.0 / (O * windows[children].to(dtype)))[..., None].expand(*children.shape, O)
 
 def _spatial_steps(votes, a_in, beta_v, beta_a, children, lambdas, cost, cost_scale, var_floor=None, n_children=None):
-    "Yield (rr, mean, stdv, a_out) after each M-step of spatial EM routing; inputs in the routing dtype."
+    "Yield the RoutingStep after each M-step of spatial EM routing; inputs in the routing dtype."
     given = n_children is not None
     n_children = n_children if given else int(children.max()) + 1
     rr = spatial_initial_rr(children, votes.shape[-2], votes.dtype, n_children if given else None)   # (oh, ow, i, o)
     for t, lam in enumerate(lambdas):
         mean, stdv, a_out = m_step(rr, votes, a_in, beta_v, beta_a, lam, cost, cost_scale, var_floor)
-        yield rr, mean, stdv, a_out
+        yield RoutingStep(t, lam, rr, mean, stdv, a_out)
         if t < len(lambdas) - 1: rr = child_softmax(e_step_logits(mean, stdv, a_out, votes), children, n_children)
 
-def spatial_em_routing(
+def spatial_em_routing_steps(
     votes: Tensor,           # v_ij per window, shape (N, OH, OW, I, O, h), e.g. (N, 6, 6, 288, 32, 16)
     a_in: Tensor,            # input activations per window, shape (N, OH, OW, I) (kernel_tile of the activations)
     beta_v: Tensor,          # broadcastable to (N, OH, OW, O)
@@ -195,12 +195,23 @@ def spatial_em_routing(
     var_floor: float | None = None, # added to every sigma^2 (notebook 02); None: EPS
     n_children: int | None = None, # the number of children (H * W * B); None: children.max() + 1. Given, no shape in
                                    # here depends on the data (torch.compile makes one graph of it: notebook 04a)
-) -> tuple[Tensor, Tensor]:  # pose (N, OH, OW, O, h), a_out (N, OH, OW, O)
-    "EM routing in which each child's assignments are normalised over all parents whose windows contain it."
+) -> Iterator[RoutingStep]:
+    "Run EM routing with children shared by overlapping parents, yielding the state after each iteration's M-step."
     if votes.ndim != 6: raise ValueError(f"votes must have shape (N, OH, OW, I, O, h), got {tuple(votes.shape)}")
     lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor)
     if children.shape != votes.shape[1:4] or children.dtype != torch.long:
         raise ValueError(f"children must be a long tensor of shape (OH, OW, I) = {tuple(votes.shape[1:4])}, got {children.dtype} {tuple(children.shape)}")
-    dtype, ct = votes.dtype, routing_dtype(votes)
-    for _, mean, _, a_out in _spatial_steps(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), children, lambdas, cost, cost_scale, var_floor, n_children): pass
-    return mean.to(dtype), a_out.to(dtype)
+    ct = routing_dtype(votes)
+    return _spatial_steps(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), children, lambdas, cost, cost_scale, var_floor, n_children)
+
+def spatial_em_routing(
+    votes: Tensor,           # v_ij per window, shape (N, OH, OW, I, O, h)
+    a_in: Tensor,            # input activations per window, shape (N, OH, OW, I)
+    beta_v: Tensor, beta_a: Tensor, # broadcastable to (N, OH, OW, O)
+    children: Tensor,        # (OH, OW, I) long: the child behind each window input (spatial_children)
+    iterations: int = 3, schedule: Schedule = inverse_temperature_schedule, cost: str = 'article', cost_scale: float = 1.0,
+    var_floor: float | None = None, n_children: int | None = None, # as spatial_em_routing_steps
+) -> tuple[Tensor, Tensor]:  # pose (N, OH, OW, O, h), a_out (N, OH, OW, O)
+    "EM routing in which each child's assignments are normalised over all parents whose windows contain it."
+    for step in spatial_em_routing_steps(votes, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale, var_floor, n_children): pass
+    return step.mean.to(votes.dtype), step.a_out.to(votes.dtype)

@@ -81,6 +81,7 @@ class TrainConfig:
     variant: str = 'article'         # capsules: 'article' (standardised cost, fixed lambda) or 'paper' (notebook 05)
     spatial_routing: bool | None = None # capsules: override the variant's children shared by overlapping parents
     var_floor: float | None = None   # capsules: added to every sigma^2 in routing (notebook 02); None: EPS = 1e-8; the official code: 5e-4
+    calibrate_beta_v: bool = False   # variant 'paper': calibrate_activations also sets beta_v at the start (notebook 05)
     routing: str = 'auto'            # capsules: which implementation routes (notebook 05's ROUTINGS; all compute the same)
     margin_start: float = 0.2        # spread-loss margin in the first epoch ...
     margin_step: float = 0.1         # ... grows by this after each epoch ...
@@ -119,6 +120,8 @@ class TrainConfig:
         if self.spatial_routing not in (None, True, False): raise ValueError(f"spatial_routing must be true, false or null, got {self.spatial_routing!r}")
         if self.routing not in ROUTINGS: raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
         check_cost('article', 1.0, self.var_floor)
+        if self.calibrate_beta_v and self.variant != 'paper':
+            raise ValueError(f"calibrate_beta_v sets the paper's cost's beta_v at the start: it needs variant 'paper', not {self.variant!r}")
         if self.clip_grad_norm is not None and not (isinstance(self.clip_grad_norm, (int, float)) and self.clip_grad_norm > 0):
             raise ValueError(f"clip_grad_norm must be a positive number or None, got {self.clip_grad_norm!r}")
         lam = self.inverse_temperature
@@ -471,7 +474,7 @@ def train(
         net.load_state_dict(state['model'])
     elif isinstance(net, CapsNet) and cfg.variant == 'paper':   # half active at the start (notebook 05)
         calib = get_dataset(cfg.dataset, True, cfg.root, False, False)
-        calibrate_activations(net, torch.stack([calib[k][0] for k in range(min(256, len(calib)))]).to(device))
+        calibrate_activations(net, torch.stack([calib[k][0] for k in range(min(256, len(calib)))]).to(device), beta_v=cfg.calibrate_beta_v)
     model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None) if ddp.world_size > 1 else net
     if cfg.compile: model = torch.compile(model)
 

@@ -1,6 +1,7 @@
 """Issue 16, why 3 routing iterations train worse than 2: the gradient of the `small` network's weights at the start of
 training, with 1, 2 and 3 routing iterations, for the article's and the paper's variant (and the paper's with the official
-code's variance floor, var_floor 5e-4: `paper-floor`).
+code's variance floor, var_floor 5e-4: `paper-floor`; and with beta_v calibrated too, calibrate_activations(beta_v=True):
+`paper-bv`).
 
 For each variant, number of iterations and seed: the network as `emcaps train` starts it (build_model, and for the paper
 variant calibrate_activations on 256 training images), one batch of 64 mnist-sample training images, the spread loss at
@@ -14,7 +15,7 @@ the 16 pose entries within a factor 10 of the run's variance floor: EPS, or its 
 literal routing. Writes
 results/ablation/collapse.json.
 
-    OMP_NUM_THREADS=1 python tools/routing_gradients.py
+    OMP_NUM_THREADS=1 python tools/routing_gradients.py [VARIANT ...]   (the named variants again, the others kept from the file)
     OMP_NUM_THREADS=1 python tools/routing_gradients.py --trained
 """
 import json, pathlib, platform, statistics, sys
@@ -29,22 +30,24 @@ from emcaps_nb.mstep import EPS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / 'results' / 'ablation' / 'gradient_growth.json'
-VARIANTS = ('article', 'paper', 'paper-floor')
+VARIANTS = ('article', 'paper', 'paper-floor', 'paper-bv')
 FLOORS = {'paper-floor': 5e-4}   # var_floor of a variant (None: EPS)
 
 
-def main():
+def main(only=()):
+    if unknown := set(only) - set(VARIANTS): sys.exit(f'unknown variants {sorted(unknown)}; choose from {VARIANTS}')
     torch.set_num_threads(1)
     ds = get_dataset('mnist-sample', True, str(ROOT / 'data'), False, False)
     calib = torch.stack([ds[k][0] for k in range(256)])
     x, y = calib[:64], torch.tensor([ds[k][1] for k in range(64)])
-    rows = []
-    for variant in VARIANTS:
+    kept = json.loads(OUT.read_text())['runs'] if only and OUT.exists() else []
+    rows = [r for r in kept if r['variant'] not in only]
+    for variant in (only or VARIANTS):
         for its in (1, 2, 3):
             for seed in (0, 1, 2):
                 torch.manual_seed(seed)
                 net = build_model('small', 1, 10, its, 0.01, image_size=28, variant=variant.split('-')[0], var_floor=FLOORS.get(variant))
-                if variant != 'article': calibrate_activations(net, calib)
+                if variant != 'article': calibrate_activations(net, calib, beta_v=variant == 'paper-bv')
                 act = net(x)[1]
                 saturated = ((act < 0.01) | (act > 0.99)).double().mean().item()
                 loss = model_loss('small', act.float(), y, 0.2)
@@ -54,7 +57,7 @@ def main():
                 rows.append({'variant': variant, 'iterations': its, 'seed': seed, 'loss': loss.item(), 'saturated': saturated, 'grad_norm': norms})
                 print(variant, its, seed, ' '.join(f'{k} {v:.2e}' for k, v in norms.items()), flush=True)
     summary = {}
-    for variant in VARIANTS:
+    for variant in [v for v in VARIANTS if any(r['variant'] == v for r in rows)]:
         for its in (1, 2, 3):
             rs = [r for r in rows if (r['variant'], r['iterations']) == (variant, its)]
             summary[f'{variant}-it{its}'] = {k: statistics.median(r['grad_norm'][k] for r in rs) for k in rs[0]['grad_norm']}
@@ -99,4 +102,4 @@ def collapse():
     print('wrote', out)
 
 
-if __name__ == '__main__': collapse() if '--trained' in sys.argv[1:] else main()
+if __name__ == '__main__': collapse() if '--trained' in sys.argv[1:] else main(tuple(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""Keep nbs/ light (issue 19): re-encode every PNG output of the notebooks as an optimised palette PNG of at most 64
+"""Keep nbs/ light (issue 19): re-encode every PNG output of the notebooks as an optimised palette PNG of at most 48
 colours and drop saved widget state. Run it after executing notebooks, before `nbdev_clean`:
 
     python tools/slim_notebooks.py            # every notebook under nbs/
@@ -16,7 +16,7 @@ import argparse, base64, io, json, pathlib, sys
 from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-COLOURS = 64
+COLOURS = 48   # 64 until nbs/ reached its budget; 48 saved 35 kB over all figures with no visible change
 BUDGET = 1_500_000   # bytes for all of nbs/*.ipynb (issue 19)
 
 
