@@ -249,13 +249,13 @@ class CapsNet(nn.Module):
         return self.class_caps(pose, act)
 
 # %% ../nbs/05_layers.ipynb #b5a2fbbb
-def _calibrate_beta_a(layer, pose, act, goal, tol, max_steps) -> Tensor:
-    "Newton's method on beta_a of every type of one layer: each type's median logit on (pose, act) minus `goal`, returned."
+def _calibrate_beta_a(layer, pose, act, goal, tol, max_steps, jac=None) -> tuple[Tensor, Tensor | None]:
+    "Newton's method on beta_a of every type of one layer, from the Jacobian `jac` if given: (each type's median logit minus `goal`, the Jacobian)."
     lam = layer._schedule(layer.iterations)[-1]          # the last iteration's lambda decides the output
     def error(beta_a):                                   # each type's median logit minus the goal
         layer.beta_a.copy_(beta_a)
         return torch.logit(layer(pose, act)[1].double().clamp(1e-12, 1 - 1e-12)).flatten(0, -2).median(0).values - goal
-    beta, jac, steps = layer.beta_a.double().clone(), None, 0
+    beta, steps = layer.beta_a.double().clone(), 0
     err = error(beta)
     while err.abs().max() > tol and steps < max_steps:
         if jac is None:                                  # finite differences, one layer evaluation per type
@@ -267,7 +267,7 @@ def _calibrate_beta_a(layer, pose, act, goal, tol, max_steps) -> Tensor:
         if new.abs().max() > 0.5 * err.abs().max(): jac = None          # too slow: a fresh Jacobian
         beta, err = beta + step, new
     layer.beta_a.copy_(beta)
-    return err
+    return err, jac
 
 def mean_log_sigma(layer: ConvCaps | ClassCaps, pose: Tensor, act: Tensor) -> Tensor:
     "Per output type, the mean over h of ln sigma_j^h after the layer's last M-step, averaged over parents weighted by their mass sum_i r_ij a_i."
@@ -292,10 +292,10 @@ def calibrate_activations(
     medians = {}
     for name in ('conv_caps1', 'conv_caps2', 'class_caps'):
         layer = getattr(net, name)
-        err = _calibrate_beta_a(layer, pose, act, goal, tol, max_steps)
+        err, jac = _calibrate_beta_a(layer, pose, act, goal, tol, max_steps)
         for _ in range(2 if beta_v else 0):   # beta_v moves the routing, the routing moves ln sigma: a second round settles it
             layer.beta_v.copy_(-mean_log_sigma(layer, pose[:32], act[:32]))
-            err = _calibrate_beta_a(layer, pose, act, goal, tol, max_steps)
+            err, jac = _calibrate_beta_a(layer, pose, act, goal, tol, max_steps, jac)   # the last Jacobian, measured again if too slow
         pose, act = layer(pose, act)
         medians[name] = act.flatten(0, -2).median(0).values.float()
         if err.abs().max() > tol:
