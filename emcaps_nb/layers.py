@@ -16,8 +16,8 @@ from torch import nn, Tensor
 
 from .votes import kernel_tile, mat_transform
 from .mstep import check_cost
-from .routing import (RoutingStep, em_routing, em_routing_steps, inverse_temperature_schedule, paper_schedule, spatial_children,
-                               spatial_em_routing, spatial_em_routing_steps, spatial_initial_rr)
+from .routing import (RoutingStep, em_routing_steps, inverse_temperature_schedule, paper_schedule, spatial_children,
+                               spatial_em_routing_steps, spatial_initial_rr)
 from .fast_routing import vote_and_route
 from .coordinates import coord_addition, coord_offsets
 
@@ -62,6 +62,12 @@ def _check_capsules(layer, pose, act, B):
     if pose.ndim != 6 or pose.shape[3:] != (B, 4, 4) or act.shape != pose.shape[:4]:
         raise ValueError(f"{layer} expects poses (N, H, W, {B}, 4, 4) and activations (N, H, W, {B}), "
                          f"got {tuple(pose.shape)} and {tuple(act.shape)}")
+
+def _last_step(steps, a_in, dtype) -> tuple[Tensor, Tensor]:
+    "A layer's literal routing run to its end: the last M-step's poses and activations in the votes' dtype, as em_routing returns them."
+    for step in steps: pass
+    return step.mean.to(dtype), step.a_out.to(dtype)
+
 
 # %% ../nbs/05_layers.ipynb #eb7b656e
 COST_SCALE_UNIT = 100.0   # the scaled mass of a parent whose inputs are all active, at the uniform start
@@ -120,24 +126,25 @@ class ConvCaps(nn.Module):
         children = spatial_children(H, W, self.K, self.stride, self.B, pose.device) if self.spatial_routing else None
         return kernel_tile(pose, self.K, self.stride), kernel_tile(act, self.K, self.stride), cost, children
 
+    def _literal(self, pose: Tensor, act: Tensor):
+        "The literal routing: its steps (RoutingStep after each M-step), the activation of each window input, the votes' dtype."
+        patches, a_in, cost, children = self._windows(pose, act)
+        votes, route = mat_transform(patches, self.W), (self.beta_v, self.beta_a, self.iterations, self._schedule)   # (n, oh, ow, i, o, 16)
+        if children is None: return em_routing_steps(votes, a_in, *route, **cost), a_in, votes.dtype
+        return spatial_em_routing_steps(votes, a_in, *route[:2], children, *route[2:], **cost), a_in, votes.dtype
+
     def forward(self, pose: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
         "(N, H, W, B, 4, 4), (N, H, W, B) -> (N, OH, OW, C, 4, 4), (N, OH, OW, C)"
-        patches, a_in, cost, children = self._windows(pose, act)
-        route = (self.beta_v, self.beta_a, self.iterations, self._schedule)
-        if self.routing != 'literal':   # votes made inside the routing (never stored by the CPU kernel)
-            pose_out, a_out = vote_and_route(patches, self.W, a_in, *route, children=children, backend=self.routing, **cost)
-        elif self.spatial_routing:
-            pose_out, a_out = spatial_em_routing(mat_transform(patches, self.W), a_in, *route[:2], children, *route[2:], **cost)
-        else:
-            pose_out, a_out = em_routing(mat_transform(patches, self.W), a_in, *route, **cost)  # votes (n, oh, ow, i, o, 16)
+        if self.routing == 'literal': pose_out, a_out = _last_step(*self._literal(pose, act))
+        else:                           # votes made inside the routing (never stored by the CPU kernel)
+            patches, a_in, cost, children = self._windows(pose, act)
+            pose_out, a_out = vote_and_route(patches, self.W, a_in, self.beta_v, self.beta_a, self.iterations, self._schedule,
+                                             children=children, backend=self.routing, **cost)
         return pose_out.unflatten(-1, (4, 4)), a_out
 
     def routing_steps(self, pose: Tensor, act: Tensor) -> Iterator[RoutingStep]:
         "The layer's literal routing one iteration at a time: the state after each M-step (notebook 03), in the routing dtype."
-        patches, a_in, cost, children = self._windows(pose, act)
-        votes, route = mat_transform(patches, self.W), (self.beta_v, self.beta_a, self.iterations, self._schedule)
-        if children is None: return em_routing_steps(votes, a_in, *route, **cost)
-        return spatial_em_routing_steps(votes, a_in, *route[:2], children, *route[2:], **cost)
+        return self._literal(pose, act)[0]
 
     def extra_repr(self):
         return (f"B={self.B}, C={self.C}, K={self.K}, stride={self.stride}, iterations={self.iterations}, routing={self.routing!r}, "
@@ -170,31 +177,35 @@ class ClassCaps(nn.Module):
         "The scale of the paper's cost on an H x W input grid: the argument, or cost_scale_rule of I / O = H W D / E."
         return float(self._cost_scale) if self._cost_scale is not None else cost_scale_rule(H * W * self.D / self.E)
 
-    def routing_steps(self, pose: Tensor, act: Tensor) -> Iterator[RoutingStep]:
-        "The layer's literal routing one iteration at a time: the state after each M-step (notebook 03), in the routing dtype."
+    def _cost(self, pose: Tensor, act: Tensor) -> dict:
+        "Checked inputs -> the cost's arguments."
         _check_capsules('ClassCaps', pose, act, self.D)
-        n, h, w, d = act.shape
-        cost = dict(cost=self.cost, cost_scale=self.cost_scale_for(h, w) if self.cost == 'paper' else 1.0, var_floor=self.var_floor)
+        h, w = act.shape[1:3]
+        return dict(cost=self.cost, cost_scale=self.cost_scale_for(h, w) if self.cost == 'paper' else 1.0, var_floor=self.var_floor)
+
+    def _literal(self, pose: Tensor, act: Tensor):
+        "The literal routing: its steps (RoutingStep after each M-step), the activation of each input, the votes' dtype."
+        cost, n = self._cost(pose, act), len(act)
         votes = mat_transform(pose, self.W)                      # (n, h, w, d, e, 16)
         if self.coord_add: votes = coord_addition(votes, self.coord_entries)
-        return em_routing_steps(votes.reshape(n, -1, self.E, 16), act.reshape(n, -1), self.beta_v, self.beta_a, self.iterations,
-                                self._schedule, **cost)
+        a_in = act.reshape(n, -1)
+        return (em_routing_steps(votes.reshape(n, -1, self.E, 16), a_in, self.beta_v, self.beta_a, self.iterations, self._schedule, **cost),
+                a_in, votes.dtype)
 
     def forward(self, pose: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
         "(N, H, W, D, 4, 4), (N, H, W, D) -> (N, E, 4, 4), (N, E)"
-        _check_capsules('ClassCaps', pose, act, self.D)
-        n, h, w, d = act.shape
-        route = (self.beta_v, self.beta_a, self.iterations, self._schedule)
-        cost = dict(cost=self.cost, cost_scale=self.cost_scale_for(h, w) if self.cost == 'paper' else 1.0, var_floor=self.var_floor)
-        if self.routing != 'literal':   # input (h, w, d) uses W[d]: W's rows repeat every D inputs
+        if self.routing == 'literal': pose_out, a_out = _last_step(*self._literal(pose, act))
+        else:                           # input (h, w, d) uses W[d]: W's rows repeat every D inputs
+            cost, (n, h, w, d) = self._cost(pose, act), act.shape
             offset = coord_offsets(h, w, 16, pose.dtype, pose.device, self.coord_entries)[:, :, None].expand(h, w, d, 16).reshape(-1, 16)
-            pose_out, a_out = vote_and_route(pose.reshape(n, -1, 4, 4), self.W, act.reshape(n, -1), *route,
-                                             offset=offset if self.coord_add else None, backend=self.routing, **cost)
-        else:
-            votes = mat_transform(pose, self.W)                  # (n, h, w, d, e, 16)
-            if self.coord_add: votes = coord_addition(votes, self.coord_entries)
-            pose_out, a_out = em_routing(votes.reshape(n, -1, self.E, 16), act.reshape(n, -1), *route, **cost)
+            pose_out, a_out = vote_and_route(pose.reshape(n, -1, 4, 4), self.W, act.reshape(n, -1), self.beta_v, self.beta_a,
+                                             self.iterations, self._schedule, offset=offset if self.coord_add else None,
+                                             backend=self.routing, **cost)
         return pose_out.unflatten(-1, (4, 4)), a_out
+
+    def routing_steps(self, pose: Tensor, act: Tensor) -> Iterator[RoutingStep]:
+        "The layer's literal routing one iteration at a time: the state after each M-step (notebook 03), in the routing dtype."
+        return self._literal(pose, act)[0]
 
     def extra_repr(self):
         return (f"D={self.D}, E={self.E}, iterations={self.iterations}, coord_add={self.coord_add}, coord_entries={self.coord_entries}, "
@@ -271,8 +282,8 @@ def _calibrate_beta_a(layer, pose, act, goal, tol, max_steps, jac=None) -> tuple
 
 def mean_log_sigma(layer: ConvCaps | ClassCaps, pose: Tensor, act: Tensor) -> Tensor:
     "Per output type, the mean over h of ln sigma_j^h after the layer's last M-step, averaged over parents weighted by their mass sum_i r_ij a_i."
-    for step in layer.routing_steps(pose, act): pass
-    a_in = act.reshape(len(act), -1) if isinstance(layer, ClassCaps) else kernel_tile(act, layer.K, layer.stride)
+    steps, a_in, _ = layer._literal(pose, act)
+    for step in steps: pass
     mass = (step.rr * a_in.to(step.rr.dtype)[..., None]).sum(-2).flatten(0, -2)   # (parents, types)
     return ((mass * step.stdv.log().mean(-1).flatten(0, -2)).sum(0) / mass.sum(0)).to(layer.beta_v.dtype)
 
