@@ -13,7 +13,7 @@ from .training import TrainConfig
 
 # %% ../nbs/08a_ablation.ipynb #62865fc0
 VARIANT_NAMES = ('article', 'article-schedule', 'paper', 'paper-per-position', 'paper-clip', 'paper-warm', 'paper-warm-lr', 'paper-lr',
-                 'paper-floor', 'paper-bv')   # as tools/ablation.py names them
+                 'paper-floor', 'paper-bv', 'paper-damp')   # as tools/ablation.py names them
 
 _LR = TrainConfig().lr   # emcaps train's learning rate
 
@@ -25,6 +25,7 @@ def _variant(cfg: dict) -> str:
     name += '-clip' if cfg.get('clip_grad_norm') else ''   # a trial with clipped gradients is not the variant itself,
     name += '-floor' if cfg.get('var_floor') is not None else ''   # nor one with another variance floor,
     name += '-bv' if cfg.get('calibrate_beta_v') else ''   # one whose beta_v was calibrated at the start,
+    name += '-damp' if cfg.get('damping') else ''   # one with the official code's damped mean,
     name += '-warm' if cfg.get('init') else ''   # one started from another run's weights,
     name += '-lr' if cfg.get('lr', _LR) != _LR else ''   # or one at another learning rate than emcaps train's default
     return name

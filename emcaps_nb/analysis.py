@@ -96,7 +96,7 @@ def class_routing_trace(net: CapsNet, x: Tensor) -> dict:
     if cc.coord_add: votes = coord_addition(votes, cc.coord_entries)
     n, h, w = votes.shape[:3]
     votes, a_in = votes.reshape(n, -1, cc.E, 16), act.reshape(n, -1)
-    cost = dict(cost=cc.cost, cost_scale=cc.cost_scale_for(h, w) if cc.cost == 'paper' else 1.0, var_floor=cc.var_floor)
+    cost = dict(cost=cc.cost, cost_scale=cc.cost_scale_for(h, w) if cc.cost == 'paper' else 1.0, var_floor=cc.var_floor, damping=cc.damping)
     dist, weight, a_out = [], [], []
     for step in em_routing_steps(votes, a_in, cc.beta_v, cc.beta_a, cc.iterations, cc._schedule, **cost):
         dist.append((votes - step.mean[:, None]).norm(dim=-1))       # |v_ij - mu_j|        (n, i, e)

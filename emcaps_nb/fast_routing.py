@@ -29,6 +29,7 @@ def _route_chunk(
     cost: str = 'article',   # the M-step's activation cost (notebook 02)
     cost_scale: float = 1.0, # 'paper' only
     var_floor: float | None = None, # added to every sigma^2 (notebook 02); None: EPS
+    damping: float = 0.0,    # share of the previous iteration's mean each M-step keeps (notebook 02)
 ) -> tuple[Tensor, Tensor]: # mean (n, O, h), a_out (n, O)
     "EM routing of a chunk of independent routing problems, in the (n o, i, h) layout."
     n, I, O, H = votes.shape
@@ -43,6 +44,8 @@ def _route_chunk(
         rho = torch.full_like(r_sum, I / O) if rr is None else rr.sum(-1)   # sum_i R_ij                  (n, o)
         coeff = (r / torch.maximum(r_sum, MASS[ct] * rho).clamp_min(tiny)[..., None]).reshape(n * O, 1, I)
         mu = torch.bmm(coeff, v)                                       # mu_j^h                                (B, 1, h)
+        if damping: mu = (1 - damping) * mu + (0 if t == 0 else damping * mu_prev)   # damped (notebook 02)
+        mu_prev = mu
         d2 = (v - mu).square_() if inplace else (v - mu).square()      # (v - mu)^2, shared by M and E step    (B, i, h)
         var = torch.bmm(coeff, d2).view(n, O, H)                       # (sigma_j^h)^2                         (n, o, h)
         log_var = torch.log(var + eps)
@@ -62,11 +65,11 @@ def _route_chunk(
 class _ChunkedRouting(torch.autograd.Function):
     "EM routing of `n` independent problems, chunk by chunk; backward recomputes each chunk."
     @staticmethod
-    def forward(ctx, votes, a, beta_v, beta_a, lambdas, chunk, cost, cost_scale, var_floor, route=_route_chunk):
+    def forward(ctx, votes, a, beta_v, beta_a, lambdas, chunk, cost, cost_scale, var_floor, damping=0.0, route=_route_chunk):
         # votes (n, I, O, h), a (n, I), beta_v and beta_a (n, O); autograd is off in here. route: _route_chunk, or it compiled
         ctx.save_for_backward(votes, a, beta_v, beta_a)
-        ctx.lambdas, ctx.chunk, ctx.cost, ctx.route = lambdas, chunk, (cost, cost_scale, var_floor), route
-        outs = [route(*args, lambdas, cost, cost_scale, var_floor) for args in zip(votes.split(chunk), a.split(chunk), beta_v.split(chunk), beta_a.split(chunk))]
+        ctx.lambdas, ctx.chunk, ctx.cost, ctx.route = lambdas, chunk, (cost, cost_scale, var_floor, damping), route
+        outs = [route(*args, lambdas, cost, cost_scale, var_floor, damping) for args in zip(votes.split(chunk), a.split(chunk), beta_v.split(chunk), beta_a.split(chunk))]
         return tuple(torch.cat(t) for t in zip(*outs))
 
     @staticmethod
@@ -85,7 +88,7 @@ class _ChunkedRouting(torch.autograd.Function):
                     d = next(got)
                     if d is None: g[s:s + ctx.chunk] = 0
                     else: g[s:s + ctx.chunk] = d
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 # %% ../nbs/04a_fast_routing.ipynb #0aa2a762
 KERNEL_DIR = Path(str(importlib.resources.files('emcaps_nb') / 'csrc'))   # the kernel's C++ sources, package data
@@ -169,7 +172,7 @@ def cpu_kernel() -> ctypes.CDLL | None:
             getattr(lib, f'em_forward_{suffix}').argtypes = [ctypes.POINTER(_KernelArgs)] + [ctypes.c_void_p] * 3
             getattr(lib, f'em_backward_{suffix}').argtypes = [ctypes.POINTER(_KernelArgs)] + [ctypes.c_void_p] * 9
             getattr(lib, f'em_step_forward_{suffix}').argtypes = [ctypes.POINTER(_KernelArgs)] + [ctypes.c_void_p] * 5
-            getattr(lib, f'em_step_backward_{suffix}').argtypes = [ctypes.POINTER(_KernelArgs)] + [ctypes.c_void_p] * 11
+            getattr(lib, f'em_step_backward_{suffix}').argtypes = [ctypes.POINTER(_KernelArgs)] + [ctypes.c_void_p] * 12
         return lib
     warnings.warn(f'emcaps_nb: the CPU routing kernel could not be built, so routing on the CPU falls back to '
                   f'PyTorch (same results, about 5x slower). {error}')
@@ -182,28 +185,29 @@ def _saves(*ts) -> bool:
     "Whether the kernel must keep its state for a backward pass: autograd is on and some input requires a gradient."
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
-def _kernel_args(votes, pose, W, offset, a, beta_v, beta_a, lambdas, cost, cost_scale, var_floor):
+def _kernel_args(votes, pose, W, offset, a, beta_v, beta_a, lambdas, cost, cost_scale, var_floor, damping=0.0, mu_prev=None):
     n, I = a.shape
     H = (votes if votes is not None else pose).shape[-1]
-    return _KernelArgs(_ptr(votes), _ptr(pose), _ptr(W), _ptr(offset), _ptr(a), _ptr(beta_v), _ptr(beta_a),
+    return _KernelArgs(_ptr(votes), _ptr(pose), _ptr(W), _ptr(offset), _ptr(a), _ptr(beta_v), _ptr(beta_a), _ptr(mu_prev),
                        lambdas.data_ptr(), n, I, beta_v.shape[1], H, round(H ** 0.5), 1 if W is None else W.shape[0],
-                       lambdas.numel(), torch.get_num_threads(), _COSTS[cost], var_floor_of(var_floor, a.dtype), TINY[a.dtype], MASS[a.dtype], SPREAD[a.dtype], cost_scale)
+                       lambdas.numel(), torch.get_num_threads(), _COSTS[cost], var_floor_of(var_floor, a.dtype), TINY[a.dtype], MASS[a.dtype],
+                       SPREAD[a.dtype], cost_scale, float(damping))
 
 class _CpuRouting(torch.autograd.Function):
     "Votes (given, or made from poses and W) and EM routing in the compiled kernel; backward from its saved state."
     @staticmethod
-    def forward(ctx, votes, pose, W, offset, a, beta_v, beta_a, lambdas, save, cost='article', cost_scale=1.0, var_floor=None):
+    def forward(ctx, votes, pose, W, offset, a, beta_v, beta_a, lambdas, save, cost='article', cost_scale=1.0, var_floor=None, damping=0.0):
         # votes (n, I, O, h) or None; pose (n, I, h), W (Iw, O, h), offset (I, h) or None; a (n, I); betas (n, O);
         # save: whether a backward pass can follow (grad mode on and some input requires grad)
         lib, (n, I), O = cpu_kernel(), a.shape, beta_v.shape[1]
         lambdas = torch.tensor(lambdas, dtype=torch.float64)
-        args = _kernel_args(votes, pose, W, offset, a, beta_v, beta_a, lambdas, cost, cost_scale, var_floor)
+        args = _kernel_args(votes, pose, W, offset, a, beta_v, beta_a, lambdas, cost, cost_scale, var_floor, damping)
         mean, act = a.new_empty(n, O, args.H), a.new_empty(n, O)
         state = a.new_empty(n, lib.em_state_size(I, O, args.H, args.iters)) if save else None
         getattr(lib, 'em_forward_' + _SUFFIX[a.dtype])(ctypes.byref(args), mean.data_ptr(), act.data_ptr(), _ptr(state))
         if state is not None:
             ctx.save_for_backward(votes, pose, W, offset, a, beta_v, beta_a, state)
-            ctx.lambdas, ctx.cost = lambdas, (cost, cost_scale, var_floor)
+            ctx.lambdas, ctx.cost = lambdas, (cost, cost_scale, var_floor, damping)
         return mean, act
 
     @staticmethod
@@ -218,7 +222,7 @@ class _CpuRouting(torch.autograd.Function):
         getattr(lib, 'em_backward_' + _SUFFIX[a.dtype])(
             ctypes.byref(args), state.data_ptr(), g_mean.data_ptr(), g_act.data_ptr(),
             *map(_ptr, grads), g_a.data_ptr(), g_bv.data_ptr(), g_ba.data_ptr())
-        return *grads, None, g_a, g_bv, g_ba, None, None, None, None, None
+        return *grads, None, g_a, g_bv, g_ba, None, None, None, None, None, None
 
 _SUFFIX = {torch.float32: 'f32', torch.float64: 'f64'}
 _COSTS = {'article': 0, 'paper': 1}   # the kernel's enum Cost (em_args.h)
@@ -227,11 +231,12 @@ _COSTS = {'article': 0, 'paper': 1}   # the kernel's enum Cost (em_args.h)
 class _CpuStep(torch.autograd.Function):
     "One EM iteration in the kernel from given assignments: mu, a and (if estep) the E-step's logits; backward from its state."
     @staticmethod
-    def forward(ctx, pose, W, a, beta_v, beta_a, rr, lam, estep, save, cost, cost_scale, var_floor):
-        # pose (n, I, h), W (Iw, O, h), a (n, I), betas (n, O), rr (n, I, O): contiguous, routing dtype
+    def forward(ctx, pose, W, a, beta_v, beta_a, rr, lam, estep, save, cost, cost_scale, var_floor, damping=0.0, mu_prev=None):
+        # pose (n, I, h), W (Iw, O, h), a (n, I), betas (n, O), rr (n, I, O): contiguous, routing dtype; mu_prev (n, O, h)
+        # or None: the previous iteration's means, which a damped M-step mixes in (None: the first iteration)
         lib, (n, I), O = cpu_kernel(), a.shape, beta_v.shape[1]
         lambdas = torch.tensor([lam], dtype=torch.float64)
-        args = _kernel_args(None, pose, W, None, a, beta_v, beta_a, lambdas, cost, cost_scale, var_floor)
+        args = _kernel_args(None, pose, W, None, a, beta_v, beta_a, lambdas, cost, cost_scale, var_floor, damping, mu_prev)
         mean, act, x = a.new_empty(n, O, args.H), a.new_empty(n, O), a.new_empty(n, I, O) if estep else a.new_empty(0)
         state = a.new_empty(n, lib.em_state_size(I, O, args.H, 1)) if save else None
         getattr(lib, 'em_step_forward_' + _SUFFIX[a.dtype])(ctypes.byref(args), rr.data_ptr(), mean.data_ptr(), act.data_ptr(),
@@ -239,7 +244,7 @@ class _CpuStep(torch.autograd.Function):
         if not estep: ctx.mark_non_differentiable(x)
         if state is not None:
             ctx.save_for_backward(pose, W, a, beta_v, beta_a, state)
-            ctx.lambdas, ctx.cost, ctx.estep = lambdas, (cost, cost_scale, var_floor), estep
+            ctx.lambdas, ctx.cost, ctx.estep, ctx.prev = lambdas, (cost, cost_scale, var_floor, damping), estep, mu_prev is not None
         return mean, act, x
 
     @staticmethod
@@ -251,10 +256,11 @@ class _CpuStep(torch.autograd.Function):
         args = _kernel_args(None, pose, W, None, a, beta_v, beta_a, ctx.lambdas, *ctx.cost)
         g_pose, g_W, g_a, g_bv, g_ba = (torch.empty_like(t) for t in (pose, W, a, beta_v, beta_a))
         g_rr = a.new_empty(*a.shape, beta_v.shape[1])
+        g_prev = g_mean.new_empty(g_mean.shape) if ctx.prev else None
         getattr(cpu_kernel(), 'em_step_backward_' + _SUFFIX[a.dtype])(
             ctypes.byref(args), state.data_ptr(), g_mean.data_ptr(), g_act.data_ptr(), _ptr(g_x), None,
-            g_pose.data_ptr(), g_W.data_ptr(), g_a.data_ptr(), g_bv.data_ptr(), g_ba.data_ptr(), g_rr.data_ptr())
-        return g_pose, g_W, g_a, g_bv, g_ba, g_rr, None, None, None, None, None, None
+            g_pose.data_ptr(), g_W.data_ptr(), g_a.data_ptr(), g_bv.data_ptr(), g_ba.data_ptr(), g_rr.data_ptr(), _ptr(g_prev))
+        return g_pose, g_W, g_a, g_bv, g_ba, g_rr, None, None, None, None, None, None, None, g_prev
 
 # %% ../nbs/04a_fast_routing.ipynb #a938bb70
 BACKENDS = ('auto', 'cpp', 'chunked', 'compiled', 'triton')
@@ -274,6 +280,12 @@ def _backend(backend: str, device: torch.device) -> str:
         raise RuntimeError(f"backend='cpp' needs tensors on the CPU and the compiled kernel; got device {device}"
                            + ('' if device.type != 'cpu' else ' and no kernel (see the warning of cpu_kernel())'))
     return 'chunked'
+def _no_triton_damping(b: str, damping: float) -> str:
+    "04b's Triton kernels have no damped mean: with damping, 'triton' falls back to 'chunked', with a warning that says so."
+    if b != 'triton' or not damping: return b
+    warnings.warn(f"backend='triton' has no damped mean (damping={damping:g}): routing with backend='chunked' instead", stacklevel=3)
+    return 'chunked'
+
 @functools.cache
 def _compiled(fn):
     "`fn` under `torch.compile` (TorchInductor), made on first use: backend='compiled'."
@@ -295,9 +307,10 @@ def em_routing_fast(
     cost: str = 'article',   # the M-step's activation cost: 'article' or 'paper' (notebook 02)
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
     var_floor: float | None = None, # added to every sigma^2 (notebook 02); None: EPS
+    damping: float = 0.0,    # share of the previous iteration's mean each M-step keeps (notebook 02); 'triton' falls back to 'chunked'
 ) -> tuple[Tensor, Tensor]:  # pose (..., O, h) and activation a_out (..., O)
     "EM routing, same result as `em_routing`, in a few passes over the votes and little memory."
-    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor)
+    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor, damping)
     lead, (I, O, H) = votes.shape[:-3], votes.shape[-3:]
     dtype, ct = votes.dtype, routing_dtype(votes)
     v = to_routing(votes, ct).reshape(-1, I, O, H)
@@ -305,18 +318,18 @@ def em_routing_fast(
     a = to_routing(a_in, ct).reshape(n, I)
     bv = to_routing(beta_v, ct).expand(*lead, O).reshape(n, O)
     ba = to_routing(beta_a, ct).expand(*lead, O).reshape(n, O)
-    b = _backend(backend, votes.device)
+    b = _no_triton_damping(_backend(backend, votes.device), damping)
     if b == 'triton':
         mean, a_out = ROUTERS['triton'](v.contiguous(), a.contiguous(), bv.contiguous(), ba.contiguous(), lambdas, cost, float(cost_scale), var_floor)
         return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
     if b == 'cpp':
         mean, a_out = _CpuRouting.apply(v.contiguous(), None, None, None, a.contiguous(), bv.contiguous(), ba.contiguous(), lambdas,
-                                        _saves(votes, a_in, beta_v, beta_a), cost, float(cost_scale), var_floor)
+                                        _saves(votes, a_in, beta_v, beta_a), cost, float(cost_scale), var_floor, damping)
         return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
     chunk_mb = CHUNK_MB.get(votes.device.type, 16.0) if chunk_mb is None else chunk_mb
     chunk = max(1, int(chunk_mb * 2**20) // (I * O * H * torch.finfo(ct).bits // 8))
     route = _compiled(_route_chunk) if b == 'compiled' else _route_chunk
-    mean, a_out = _ChunkedRouting.apply(v, a, bv, ba, lambdas, chunk, cost, float(cost_scale), var_floor, route)
+    mean, a_out = _ChunkedRouting.apply(v, a, bv, ba, lambdas, chunk, cost, float(cost_scale), var_floor, damping, route)
     return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
 
 # %% ../nbs/04a_fast_routing.ipynb #78ecaf0a
@@ -335,6 +348,7 @@ def vote_and_route(
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
     var_floor: float | None = None, # added to every sigma^2 (notebook 02); None: EPS
     children: Tensor | None = None, # (OH, OW, I) long for pose (N, OH, OW, I, P, P): children shared by overlapping parents (spatial_em_routing)
+    damping: float = 0.0,    # share of the previous iteration's mean each M-step keeps (notebook 02); 'triton' falls back to 'chunked'
 ) -> tuple[Tensor, Tensor]:  # pose (..., O, P*P) and activation a_out (..., O)
     "Votes v_ij = M_i W_ij (+ offset_i) and EM routing; on the CPU the votes are never stored."
     if W.ndim != 4 or W.shape[-1] != W.shape[-2]: raise ValueError(f"W must have shape (I_W, O, P, P), got {tuple(W.shape)}")
@@ -348,13 +362,13 @@ def vote_and_route(
         if len(lead) != 3 or children.shape != (*lead[1:], I) or offset is not None:
             raise ValueError(f"children needs pose shaped (N, OH, OW, I, P, P), children (OH, OW, I) and no offset; "
                              f"got pose {tuple(pose.shape)}, children {tuple(children.shape)}")
-        return _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale, var_floor, chunk_mb)
-    b = _backend(backend, pose.device)
+        return _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale, var_floor, chunk_mb, damping)
+    b = _no_triton_damping(_backend(backend, pose.device), damping)
     if b in ('chunked', 'compiled'):
         votes = mat_transform(pose, W)                                        # (..., I, O, h)
         if offset is not None: votes = votes + offset[:, None, :]
-        return em_routing_fast(votes, a_in, beta_v, beta_a, iterations, schedule, chunk_mb, b, cost, cost_scale, var_floor)
-    lambdas = check_routing(torch.empty(*lead, I, O, H, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor)
+        return em_routing_fast(votes, a_in, beta_v, beta_a, iterations, schedule, chunk_mb, b, cost, cost_scale, var_floor, damping)
+    lambdas = check_routing(torch.empty(*lead, I, O, H, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor, damping)
     dtype = torch.promote_types(pose.dtype, W.dtype)
     ct = routing_dtype(torch.empty(0, dtype=dtype))
     M = to_routing(pose, ct).reshape(-1, I, H).contiguous()
@@ -369,19 +383,20 @@ def vote_and_route(
     mean, a_out = _CpuRouting.apply(None, M, to_routing(W, ct).reshape(Iw, O, H).contiguous(),
                                     None if offset is None else to_routing(offset, ct).contiguous(),
                                     to_routing(a_in, ct).reshape(n, I).contiguous(), expand(beta_v), expand(beta_a), lambdas,
-                                    _saves(pose, W, offset, a_in, beta_v, beta_a), cost, float(cost_scale), var_floor)
+                                    _saves(pose, W, offset, a_in, beta_v, beta_a), cost, float(cost_scale), var_floor, damping)
     return mean.reshape(*lead, O, H).to(dtype), a_out.reshape(*lead, O).to(dtype)
 
 # %% ../nbs/04a_fast_routing.ipynb #b8dec007
-def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale, var_floor, chunk_mb=None):
+def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations, schedule, backend, cost, cost_scale, var_floor, chunk_mb=None, damping=0.0):
     "vote_and_route with children shared by overlapping parents: a kernel one iteration at a time, or spatial_em_routing."
     (N, OH, OW, I), (Iw, O, P, _) = pose.shape[:4], W.shape
-    b = _backend(backend, pose.device)
+    b = _no_triton_damping(_backend(backend, pose.device), damping)
     if b in ('chunked', 'compiled'):   # the literal spatial routing; compiled whole, with no shape that depends on the data
         votes = mat_transform(pose, W)                                        # (N, OH, OW, I, O, h)
         route = _compiled(spatial_em_routing) if b == 'compiled' else spatial_em_routing
-        return route(votes, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale, var_floor, n_children=int(children.max()) + 1)
-    lambdas = check_routing(torch.empty(N, OH, OW, I, O, P * P, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor)
+        return route(votes, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale, var_floor, n_children=int(children.max()) + 1,
+                     damping=damping)
+    lambdas = check_routing(torch.empty(N, OH, OW, I, O, P * P, device='meta'), a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor, damping)
     if children.dtype != torch.long: raise ValueError(f"children must be a long tensor, got {children.dtype}")
     dtype = torch.promote_types(pose.dtype, W.dtype)
     ct = routing_dtype(torch.empty(0, dtype=dtype))
@@ -391,14 +406,15 @@ def _spatial_vote_and_route(pose, W, a_in, beta_v, beta_a, children, iterations,
     M, Wc = to_routing(pose, ct).reshape(n, I, P * P).contiguous(), to_routing(W, ct).reshape(Iw, O, P * P).contiguous()
     if b == 'cpp':   # the votes made inside the kernel
         save = _saves(pose, W, a_in, beta_v, beta_a)
-        step = lambda rr, lam, estep: _CpuStep.apply(M, Wc, a, bv, ba, rr, lam, estep, save, cost, float(cost_scale), var_floor)
+        step = lambda rr, lam, estep, prev: _CpuStep.apply(M, Wc, a, bv, ba, rr, lam, estep, save, cost, float(cost_scale), var_floor, damping, prev)
     else:            # 04b's Triton step, the votes made inside its forward kernel and remade chunk by chunk in its backward
         chunk_mb = CHUNK_MB.get(pose.device.type, 16.0) if chunk_mb is None else chunk_mb
-        step = lambda rr, lam, estep: ROUTERS['triton step'](M, Wc, a, bv, ba, rr, lam, estep, cost, float(cost_scale), var_floor, chunk_mb)
+        step = lambda rr, lam, estep, prev: ROUTERS['triton step'](M, Wc, a, bv, ba, rr, lam, estep, cost, float(cost_scale), var_floor, chunk_mb)
     n_children = int(children.max()) + 1
     rr = spatial_initial_rr(children, O, ct).expand(N, OH, OW, I, O).reshape(n, I, O).contiguous()
+    mean = None
     for t, lam in enumerate(lambdas):
         estep = t < len(lambdas) - 1
-        mean, act, x = step(rr, float(lam), estep)
+        mean, act, x = step(rr, float(lam), estep, mean if damping else None)
         if estep: rr = child_softmax(x.view(N, OH, OW, I, O), children, n_children).reshape(n, I, O).contiguous()
     return mean.reshape(N, OH, OW, O, P * P).to(dtype), act.reshape(N, OH, OW, O).to(dtype)

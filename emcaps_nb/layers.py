@@ -15,7 +15,7 @@ import torch
 from torch import nn, Tensor
 
 from .votes import kernel_tile, mat_transform
-from .mstep import check_cost
+from .mstep import check_cost, check_damping
 from .routing import (RoutingStep, em_routing_steps, inverse_temperature_schedule, paper_schedule, spatial_children,
                                spatial_em_routing_steps, spatial_initial_rr)
 from .fast_routing import vote_and_route
@@ -82,7 +82,9 @@ def _spatial_initial_mass(H, W, K, stride, B, C) -> float:
     "sum_i R_ij at the uniform start of spatial routing, mean over positions: the mass of a parent whose inputs are all active."
     return spatial_initial_rr(spatial_children(H, W, K, stride, B), C, torch.float64)[..., 0].sum(-1).mean().item()
 
-def _floor_repr(layer): return '' if layer.var_floor is None else f", var_floor={layer.var_floor:g}"
+def _floor_repr(layer):
+    "The variance floor and the damping in a layer's repr, where they differ from the defaults."
+    return ('' if layer.var_floor is None else f", var_floor={layer.var_floor:g}") + (f", damping={layer.damping:g}" if layer.damping else '')
 
 def _schedule_repr(layer):
     if layer.schedule == 'paper': return f"schedule='paper', final_lambda={layer.final_lambda}"
@@ -98,14 +100,16 @@ class ConvCaps(nn.Module):
                  spatial_routing: bool = False,   # a child's assignments normalised over all parents whose windows hold it
                  schedule: str = 'article',       # 'article' (lambda_min to lambda_max) or 'paper' (paper_schedule)
                  final_lambda: float = 0.01,      # the paper's schedule's lambda_final
-                 var_floor: float | None = None): # added to every sigma^2 (notebook 02); None: EPS
+                 var_floor: float | None = None,  # added to every sigma^2 (notebook 02); None: EPS
+                 damping: float = 0.0):           # share of the previous iteration's mean each M-step keeps (notebook 02)
         super().__init__()
         self.B, self.C, self.K, self.stride, self.iterations = B, C, K, stride, iterations
         self.routing = _routing(routing)
         self.lambda_min, self.lambda_max, self.schedule, self.final_lambda = lambda_min, lambda_max, schedule, final_lambda
         self._schedule = _schedule(lambda_min, lambda_max, schedule, final_lambda)
         check_cost(cost, 1.0 if cost_scale is None else cost_scale, var_floor)
-        self.cost, self.spatial_routing, self._cost_scale, self.var_floor = cost, spatial_routing, cost_scale, var_floor
+        check_damping(damping)
+        self.cost, self.spatial_routing, self._cost_scale, self.var_floor, self.damping = cost, spatial_routing, cost_scale, var_floor, damping
         self.W = nn.Parameter(nn.init.trunc_normal_(torch.empty(K * K * B, C, 4, 4), std=1.0, a=-2.0, b=2.0))
         self.beta_v = nn.Parameter(torch.zeros(C))
         self.beta_a = nn.Parameter(torch.zeros(C))
@@ -122,7 +126,8 @@ class ConvCaps(nn.Module):
         H, W = pose.shape[1:3]
         if min(H, W) < self.K:
             raise ValueError(f"ConvCaps with K={self.K} needs a capsule grid of at least {self.K}x{self.K}, got {(H, W)}")
-        cost = dict(cost=self.cost, cost_scale=self.cost_scale_for(H, W) if self.cost == 'paper' else 1.0, var_floor=self.var_floor)
+        cost = dict(cost=self.cost, cost_scale=self.cost_scale_for(H, W) if self.cost == 'paper' else 1.0, var_floor=self.var_floor,
+                    damping=self.damping)
         children = spatial_children(H, W, self.K, self.stride, self.B, pose.device) if self.spatial_routing else None
         return kernel_tile(pose, self.K, self.stride), kernel_tile(act, self.K, self.stride), cost, children
 
@@ -160,7 +165,8 @@ class ClassCaps(nn.Module):
                  coord_entries: tuple = (0, 1),   # the entries coordinate addition writes: (0, 1) the article's, (3, 7) the paper's
                  schedule: str = 'article',       # 'article' (lambda_min to lambda_max) or 'paper' (paper_schedule)
                  final_lambda: float = 0.01,      # the paper's schedule's lambda_final
-                 var_floor: float | None = None): # added to every sigma^2 (notebook 02); None: EPS
+                 var_floor: float | None = None,  # added to every sigma^2 (notebook 02); None: EPS
+                 damping: float = 0.0):           # share of the previous iteration's mean each M-step keeps (notebook 02)
         super().__init__()
         self.D, self.E, self.iterations, self.coord_add, self.coord_entries = D, E, iterations, coord_add, tuple(coord_entries)
         coord_offsets(1, 1, 16, coord_entries=self.coord_entries)   # checks the entries
@@ -168,7 +174,8 @@ class ClassCaps(nn.Module):
         self.lambda_min, self.lambda_max, self.schedule, self.final_lambda = lambda_min, lambda_max, schedule, final_lambda
         self._schedule = _schedule(lambda_min, lambda_max, schedule, final_lambda)
         check_cost(cost, 1.0 if cost_scale is None else cost_scale, var_floor)
-        self.cost, self._cost_scale, self.var_floor = cost, cost_scale, var_floor
+        check_damping(damping)
+        self.cost, self._cost_scale, self.var_floor, self.damping = cost, cost_scale, var_floor, damping
         self.W = nn.Parameter(nn.init.trunc_normal_(torch.empty(D, E, 4, 4), std=1.0, a=-2.0, b=2.0))
         self.beta_v = nn.Parameter(torch.zeros(E))
         self.beta_a = nn.Parameter(torch.zeros(E))
@@ -181,7 +188,8 @@ class ClassCaps(nn.Module):
         "Checked inputs -> the cost's arguments."
         _check_capsules('ClassCaps', pose, act, self.D)
         h, w = act.shape[1:3]
-        return dict(cost=self.cost, cost_scale=self.cost_scale_for(h, w) if self.cost == 'paper' else 1.0, var_floor=self.var_floor)
+        return dict(cost=self.cost, cost_scale=self.cost_scale_for(h, w) if self.cost == 'paper' else 1.0, var_floor=self.var_floor,
+                    damping=self.damping)
 
     def _literal(self, pose: Tensor, act: Tensor):
         "The literal routing: its steps (RoutingStep after each M-step), the activation of each input, the votes' dtype."
@@ -228,7 +236,8 @@ class CapsNet(nn.Module):
                  spatial_routing: bool | None = None,   # ConvCaps children shared by overlapping parents
                  coord_entries: tuple | None = None,    # the entries coordinate addition writes
                  final_lambda: float = 0.01,            # the paper's schedule's lambda_final
-                 var_floor: float | None = None):       # added to every sigma^2 in every routing layer (notebook 02); None: EPS
+                 var_floor: float | None = None,        # added to every sigma^2 in every routing layer (notebook 02); None: EPS
+                 damping: float = 0.0):                 # every routing layer's damped mean (notebook 02; the official code: 0.1)
         super().__init__()
         if variant not in VARIANTS: raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {variant!r}")
         given = dict(cost=cost, schedule=schedule, spatial_routing=spatial_routing, coord_entries=coord_entries)
@@ -237,7 +246,7 @@ class CapsNet(nn.Module):
         norm = [nn.BatchNorm2d(A)] if batch_norm else []
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, A, 5, stride=2, padding=2), *norm, nn.ReLU())
         caps = dict(iterations=iterations, routing=routing, lambda_min=lambda_min, lambda_max=lambda_max,
-                    cost=opts['cost'], schedule=opts['schedule'], final_lambda=final_lambda, var_floor=var_floor)
+                    cost=opts['cost'], schedule=opts['schedule'], final_lambda=final_lambda, var_floor=var_floor, damping=damping)
         self.primary_caps = PrimaryCaps(A, B)
         self.conv_caps1 = ConvCaps(B, C, K, stride=2, spatial_routing=opts['spatial_routing'], **caps)
         self.conv_caps2 = ConvCaps(C, D, K, stride=1, spatial_routing=opts['spatial_routing'], **caps)

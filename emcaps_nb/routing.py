@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from .mstep import EPS, TINY, check_betas, check_votes, check_cost, m_step, routing_dtype, to_routing
+from .mstep import EPS, TINY, check_betas, check_votes, check_cost, check_damping, m_step, routing_dtype, to_routing
 
 # %% ../nbs/03_e_step.ipynb #9ca77afc
 def e_step_logits(
@@ -79,10 +79,11 @@ class RoutingStep:
 Schedule = Callable[[int], list]  # iterations -> one inverse temperature per iteration
 
 # %% ../nbs/03_e_step.ipynb #adb85085
-def check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost='article', cost_scale=1.0, var_floor=None):
+def check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost='article', cost_scale=1.0, var_floor=None, damping=0.0):
     check_votes(votes, a_in)
     check_betas(beta_v, beta_a, votes.shape[:-3] + votes.shape[-2:-1])
     check_cost(cost, cost_scale, var_floor)
+    check_damping(damping)
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
     lambdas = list(schedule(iterations))
@@ -101,16 +102,18 @@ def em_routing_steps(
     cost: str = 'article',   # the M-step's activation cost: 'article' or 'paper' (notebook 02)
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
     var_floor: float | None = None, # added to every sigma^2 (notebook 02); None: EPS
+    damping: float = 0.0,    # share of the previous iteration's mean each M-step keeps (notebook 02; the official code: 0.1)
 ) -> Iterator[RoutingStep]:
     "Run EM routing, yielding the state after each iteration's M-step."
-    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor)
+    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor, damping)
     ct = routing_dtype(votes)   # half precision is routed in float32 throughout, not rounded between steps
-    return _em_routing_gen(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), lambdas, cost, cost_scale, var_floor)
+    return _em_routing_gen(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), lambdas, cost, cost_scale, var_floor, damping)
 
-def _em_routing_gen(votes, a_in, beta_v, beta_a, lambdas, cost, cost_scale, var_floor):
+def _em_routing_gen(votes, a_in, beta_v, beta_a, lambdas, cost, cost_scale, var_floor, damping=0.0):
     rr = votes.new_full(votes.shape[-3:-1], 1.0 / votes.shape[-2])   # uniform R_ij = 1/O, broadcast over `...`
+    mean = None
     for t, lam in enumerate(lambdas):
-        mean, stdv, a_out = m_step(rr, votes, a_in, beta_v, beta_a, lam, cost, cost_scale, var_floor)
+        mean, stdv, a_out = m_step(rr, votes, a_in, beta_v, beta_a, lam, cost, cost_scale, var_floor, damping, mean)
         yield RoutingStep(t, lam, rr, mean, stdv, a_out)
         if t < len(lambdas) - 1: rr = e_step(mean, stdv, a_out, votes)
 
@@ -125,9 +128,10 @@ def em_routing(
     cost: str = 'article',   # the M-step's activation cost: 'article' or 'paper' (notebook 02)
     cost_scale: float = 1.0, # 'paper' only: the cost's scale
     var_floor: float | None = None, # added to every sigma^2 (notebook 02); None: EPS
+    damping: float = 0.0,    # share of the previous iteration's mean each M-step keeps (notebook 02; the official code: 0.1)
 ) -> tuple[Tensor, Tensor]:  # pose (..., O, h) and activation a_out (..., O) of the output capsules
     "EM routing (Procedure 1 of the paper): output poses and activations from votes."
-    for step in em_routing_steps(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor): pass
+    for step in em_routing_steps(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor, damping): pass
     return step.mean.to(votes.dtype), step.a_out.to(votes.dtype)
 
 # %% ../nbs/03_e_step.ipynb #d2e366a8
@@ -172,13 +176,14 @@ def spatial_initial_rr(
         0, children.flatten(), torch.ones(children.numel(), dtype=dtype, device=children.device))
     return (1.0 / (O * windows[children].to(dtype)))[..., None].expand(*children.shape, O)
 
-def _spatial_steps(votes, a_in, beta_v, beta_a, children, lambdas, cost, cost_scale, var_floor=None, n_children=None):
+def _spatial_steps(votes, a_in, beta_v, beta_a, children, lambdas, cost, cost_scale, var_floor=None, n_children=None, damping=0.0):
     "Yield the RoutingStep after each M-step of spatial EM routing; inputs in the routing dtype."
     given = n_children is not None
     n_children = n_children if given else int(children.max()) + 1
     rr = spatial_initial_rr(children, votes.shape[-2], votes.dtype, n_children if given else None)   # (oh, ow, i, o)
+    mean = None
     for t, lam in enumerate(lambdas):
-        mean, stdv, a_out = m_step(rr, votes, a_in, beta_v, beta_a, lam, cost, cost_scale, var_floor)
+        mean, stdv, a_out = m_step(rr, votes, a_in, beta_v, beta_a, lam, cost, cost_scale, var_floor, damping, mean)
         yield RoutingStep(t, lam, rr, mean, stdv, a_out)
         if t < len(lambdas) - 1: rr = child_softmax(e_step_logits(mean, stdv, a_out, votes), children, n_children)
 
@@ -195,14 +200,15 @@ def spatial_em_routing_steps(
     var_floor: float | None = None, # added to every sigma^2 (notebook 02); None: EPS
     n_children: int | None = None, # the number of children (H * W * B); None: children.max() + 1. Given, no shape in
                                    # here depends on the data (torch.compile makes one graph of it: notebook 04a)
+    damping: float = 0.0,    # share of the previous iteration's mean each M-step keeps (notebook 02)
 ) -> Iterator[RoutingStep]:
     "Run EM routing with children shared by overlapping parents, yielding the state after each iteration's M-step."
     if votes.ndim != 6: raise ValueError(f"votes must have shape (N, OH, OW, I, O, h), got {tuple(votes.shape)}")
-    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor)
+    lambdas = check_routing(votes, a_in, beta_v, beta_a, iterations, schedule, cost, cost_scale, var_floor, damping)
     if children.shape != votes.shape[1:4] or children.dtype != torch.long:
         raise ValueError(f"children must be a long tensor of shape (OH, OW, I) = {tuple(votes.shape[1:4])}, got {children.dtype} {tuple(children.shape)}")
     ct = routing_dtype(votes)
-    return _spatial_steps(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), children, lambdas, cost, cost_scale, var_floor, n_children)
+    return _spatial_steps(*(to_routing(t, ct) for t in (votes, a_in, beta_v, beta_a)), children, lambdas, cost, cost_scale, var_floor, n_children, damping)
 
 def spatial_em_routing(
     votes: Tensor,           # v_ij per window, shape (N, OH, OW, I, O, h)
@@ -210,8 +216,8 @@ def spatial_em_routing(
     beta_v: Tensor, beta_a: Tensor, # broadcastable to (N, OH, OW, O)
     children: Tensor,        # (OH, OW, I) long: the child behind each window input (spatial_children)
     iterations: int = 3, schedule: Schedule = inverse_temperature_schedule, cost: str = 'article', cost_scale: float = 1.0,
-    var_floor: float | None = None, n_children: int | None = None, # as spatial_em_routing_steps
+    var_floor: float | None = None, n_children: int | None = None, damping: float = 0.0, # as spatial_em_routing_steps
 ) -> tuple[Tensor, Tensor]:  # pose (N, OH, OW, O, h), a_out (N, OH, OW, O)
     "EM routing in which each child's assignments are normalised over all parents whose windows contain it."
-    for step in spatial_em_routing_steps(votes, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale, var_floor, n_children): pass
+    for step in spatial_em_routing_steps(votes, a_in, beta_v, beta_a, children, iterations, schedule, cost, cost_scale, var_floor, n_children, damping): pass
     return step.mean.to(votes.dtype), step.a_out.to(votes.dtype)

@@ -47,12 +47,14 @@ def rel_err(
     return ((got - want).abs().max() / want.abs().max().clamp_min(floor)).item()
 
 # %% ../nbs/00b_testing.ipynb #21a21f6b
-def m_step_loop(rr, votes, a_in, beta_v, beta_a, lam, cost='article', cost_scale=1.0, *, eps, mass, tiny, spread):
+def m_step_loop(rr, votes, a_in, beta_v, beta_a, lam, cost='article', cost_scale=1.0, *, eps, mass, tiny, spread,
+                damping=0.0, prev_mean=None):
     "The M-step (notebook 02) over scalars: mean, stdv and a_out of every parent, for any leading dimensions."
     lead, (I, O, H) = votes.shape[:-3], votes.shape[-3:]
     rr, a_in = rr.expand(votes.shape[:-1]).reshape(-1, I, O), a_in.reshape(-1, I)
     v = votes.reshape(-1, I, O, H)
     bv, ba = beta_v.expand(*lead, O).reshape(-1, O), beta_a.expand(*lead, O).reshape(-1, O)
+    prev = None if prev_mean is None else prev_mean.expand(*lead, O, H).reshape(-1, O, H)
     mean, stdv = torch.zeros(v.shape[0], O, H, dtype=v.dtype), torch.zeros(v.shape[0], O, H, dtype=v.dtype)
     a_out = torch.zeros(v.shape[0], O, dtype=v.dtype)
     for n in range(v.shape[0]):
@@ -64,6 +66,7 @@ def m_step_loop(rr, votes, a_in, beta_v, beta_a, lam, cost='article', cost_scale
             c_j = 0.0
             for h in range(H):
                 mu = sum(rp[i] * v[n, i, o, h].item() for i in range(I)) / div
+                mu = (1 - damping) * mu + damping * (0.0 if prev is None else prev[n, o, h].item())   # damped mean
                 var = sum(rp[i] * (v[n, i, o, h].item() - mu) ** 2 for i in range(I)) / div
                 mean[n, o, h], stdv[n, o, h] = mu, math.sqrt(var + eps)
                 c_j += (bv[n, o].item() + math.log(math.sqrt(var + eps))) * rs
@@ -88,15 +91,16 @@ def e_step_loop(mean, stdv, a_out, votes, *, tiny):
             for o in range(O): rr[n, i, o] = joint[o] / sum(joint)
     return rr.reshape(*lead, I, O)
 
-def em_routing_loop(votes, a_in, beta_v, beta_a, lambdas, cost='article', cost_scale=1.0, *, eps, mass, tiny, spread):
+def em_routing_loop(votes, a_in, beta_v, beta_a, lambdas, cost='article', cost_scale=1.0, *, eps, mass, tiny, spread, damping=0.0):
     "EM routing (notebook 03) over scalars, one problem at a time: R uniform, then M-step and E-step, no E-step after the last M-step."
     lead, (I, O, H) = votes.shape[:-3], votes.shape[-3:]
     v, a = votes.reshape(-1, I, O, H), a_in.reshape(-1, I)
     poses, acts = [], []
     for n in range(v.shape[0]):
-        rr = torch.full((I, O), 1 / O, dtype=votes.dtype)
+        rr, mean = torch.full((I, O), 1 / O, dtype=votes.dtype), None
         for t, lam in enumerate(lambdas):
-            mean, stdv, a_out = m_step_loop(rr, v[n], a[n], beta_v, beta_a, lam, cost, cost_scale, eps=eps, mass=mass, tiny=tiny, spread=spread)
+            mean, stdv, a_out = m_step_loop(rr, v[n], a[n], beta_v, beta_a, lam, cost, cost_scale, eps=eps, mass=mass, tiny=tiny,
+                                            spread=spread, damping=damping, prev_mean=mean)
             if t < len(lambdas) - 1: rr = e_step_loop(mean[None], stdv[None], a_out[None], v[n][None], tiny=tiny)[0]
         poses.append(mean); acts.append(a_out)
     return torch.stack(poses).reshape(*lead, O, H), torch.stack(acts).reshape(*lead, O)

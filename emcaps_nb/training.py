@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .files import atomic_path, atomic_write, stale_temporaries
 from .layers import ROUTINGS, VARIANTS, CapsNet, calibrate_activations
-from .mstep import check_cost
+from .mstep import check_cost, check_damping
 from .baseline import CNNBaseline
 from .loss import spread_loss, spread_loss_margin
 from .data import get_dataset
@@ -51,6 +51,7 @@ def build_model(
     variant: str = 'article',         # capsules: 'article' (today's model, bit for bit) or 'paper' (VARIANTS)
     spatial_routing: bool | None = None, # capsules: override the variant's choice of shared children
     var_floor: float | None = None,   # capsules: the variance floor of every routing layer (notebook 02); None: EPS
+    damping: float = 0.0,             # capsules: the damped mean of every routing layer (notebook 02); the official code: 0.1
 ) -> nn.Module:
     "A network by configuration name."
     if name not in MODEL_CONFIGS: raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
@@ -58,7 +59,7 @@ def build_model(
     cfg = dict(MODEL_CONFIGS[name]); kind = cfg.pop('kind')
     if kind == 'cnn': return CNNBaseline(in_channels, num_classes, image_size, **cfg)
     caps = dict(E=num_classes, in_channels=in_channels, iterations=iterations, routing=routing, variant=variant,
-                spatial_routing=spatial_routing, var_floor=var_floor)
+                spatial_routing=spatial_routing, var_floor=var_floor, damping=damping)
     if inverse_temperature == 'article': return CapsNet(**cfg, **caps, schedule='article', lambda_min=1.0, lambda_max=None)
     lam = float(inverse_temperature)
     if variant == 'paper': return CapsNet(**cfg, **caps, final_lambda=lam)
@@ -81,6 +82,7 @@ class TrainConfig:
     variant: str = 'article'         # capsules: 'article' (standardised cost, fixed lambda) or 'paper' (notebook 05)
     spatial_routing: bool | None = None # capsules: override the variant's children shared by overlapping parents
     var_floor: float | None = None   # capsules: added to every sigma^2 in routing (notebook 02); None: EPS = 1e-8; the official code: 5e-4
+    damping: float = 0.0             # capsules: share of the previous iteration's mean each M-step keeps (notebook 02); the official code: 0.1
     calibrate_beta_v: bool = False   # variant 'paper': calibrate_activations also sets beta_v at the start (notebook 05)
     routing: str = 'auto'            # capsules: which implementation routes (notebook 05's ROUTINGS; all compute the same)
     margin_start: float = 0.2        # spread-loss margin in the first epoch ...
@@ -120,6 +122,7 @@ class TrainConfig:
         if self.spatial_routing not in (None, True, False): raise ValueError(f"spatial_routing must be true, false or null, got {self.spatial_routing!r}")
         if self.routing not in ROUTINGS: raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
         check_cost('article', 1.0, self.var_floor)
+        check_damping(self.damping)
         if self.calibrate_beta_v and self.variant != 'paper':
             raise ValueError(f"calibrate_beta_v sets the paper's cost's beta_v at the start: it needs variant 'paper', not {self.variant!r}")
         if self.clip_grad_norm is not None and not (isinstance(self.clip_grad_norm, (int, float)) and self.clip_grad_norm > 0):
@@ -361,9 +364,11 @@ class TrainResult:
 
 # %% ../nbs/07_training.ipynb #00cb79e9
 def _check_resume(saved: dict, cfg: TrainConfig, path):
-    "A resumed run may train for more epochs (or with other workers / progress), nothing else may change."
+    """A resumed run may train for more epochs (or with other workers / progress), nothing else may change.
+    A field the saved config lacks (a run saved before the field existed) ran with the field's default."""
     free = {'epochs', 'workers', 'device', 'root', 'download', 'compile', 'checkpoint_every', 'keep_epochs', 'max_bad_steps'}
-    diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if k not in free and saved.get(k) != v}
+    default = {f.name: f.default for f in fields(TrainConfig)}
+    diff = {k: (saved.get(k, default[k]), v) for k, v in asdict(cfg).items() if k not in free and saved.get(k, default[k]) != v}
     if diff: raise ValueError(f"cannot resume {path}: the config differs from the saved run in {diff} (saved, given)")
 
 # %% ../nbs/07_training.ipynb #1a374e6e
@@ -453,7 +458,8 @@ def train(
     train_ds, test_ds, num_classes, in_channels, image_size = prepare_data(cfg, ddp)
 
     net = build_model(cfg.model, in_channels, num_classes, cfg.iterations, cfg.inverse_temperature, image_size=image_size,
-                      variant=cfg.variant, spatial_routing=cfg.spatial_routing, var_floor=cfg.var_floor, routing=cfg.routing).to(device)
+                      variant=cfg.variant, spatial_routing=cfg.spatial_routing, var_floor=cfg.var_floor, damping=cfg.damping,
+                      routing=cfg.routing).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
@@ -591,7 +597,8 @@ def load_model(
                       f"count is part of the function training fitted, expect lower accuracy (notebook 08a measures it)",
                       IterationsWarning, stacklevel=2)
     net = build_model(cfg.model, state['in_channels'], state['num_classes'], iterations or cfg.iterations, cfg.inverse_temperature,
-                      image_size=state['image_size'], variant=cfg.variant, spatial_routing=cfg.spatial_routing, var_floor=cfg.var_floor)
+                      image_size=state['image_size'], variant=cfg.variant, spatial_routing=cfg.spatial_routing, var_floor=cfg.var_floor,
+                      damping=cfg.damping)
     net.load_state_dict(state['model'])
     return net.to(map_location).eval(), cfg
 

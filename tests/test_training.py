@@ -106,20 +106,22 @@ def test_toynorb_viewpoint_split_trains_and_evaluates(tmp_path):
 
 
 def test_paper_variant_trains_saves_and_evaluates(tmp_path):
-    """`emcaps train --variant paper` (with the official code's variance floor and beta_v calibrated): saved in config.json and
+    """`emcaps train --variant paper` (with the official code's variance floor and damped mean, and beta_v calibrated): saved in config.json and
     the checkpoint, rebuilt by load_model and `emcaps eval`; a resume with another variant is refused, a floor under EPS too,
     and beta_v's calibration for the article's variant."""
     from emcaps_nb.training import load_model
     r = _sh(_emcaps() + ['train', '--variant', 'paper', '--config', 'tiny', '--epochs', '1', '--batch-size', '16', '--train-limit', '64',
-                         '--test-limit', '50', '--iterations', '3', '--var-floor', '5e-4', '--calibrate-beta-v', '--out', 'run', '--no-progress'], tmp_path)
+                         '--test-limit', '50', '--iterations', '3', '--var-floor', '5e-4', '--calibrate-beta-v', '--damping', '0.1', '--out', 'run',
+                         '--no-progress'], tmp_path)
     assert r.returncode == 0, r.stderr
     cfg = json.loads((tmp_path / 'run' / 'config.json').read_text())
-    assert (cfg['variant'], cfg['spatial_routing'], cfg['iterations'], cfg['var_floor'], cfg['calibrate_beta_v']) == ('paper', None, 3, 5e-4, True)
+    assert (cfg['variant'], cfg['spatial_routing'], cfg['iterations'], cfg['var_floor'], cfg['calibrate_beta_v'], cfg['damping']) == ('paper', None, 3, 5e-4, True, 0.1)
     (row,) = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
     assert row['skipped_steps'] == 0 and 0 <= row['activation_lead'] <= 1 and row['constant_loss'] == pytest.approx(9 * 0.2 ** 2)
     net, _ = load_model(tmp_path / 'run' / 'last.pt')
     assert (net.class_caps.cost, net.conv_caps1.spatial_routing, net.class_caps.coord_entries, net.class_caps.schedule) == ('paper', True, (3, 7), 'paper')
     assert net.conv_caps1.var_floor == net.conv_caps2.var_floor == net.class_caps.var_floor == 5e-4
+    assert net.conv_caps1.damping == net.conv_caps2.damping == net.class_caps.damping == 0.1
     assert net.conv_caps1.beta_a.abs().min() > 1   # calibrated (half active at the start), not left at 0; with beta_v set the cost
                                                    # per unit of mass is near 0, so beta_a is tens, not the thousands of notebook 05
     assert all(getattr(net, n).beta_v.abs().max() > 0.1 for n in ('conv_caps1', 'conv_caps2', 'class_caps'))   # beta_v set, not 0
@@ -130,6 +132,8 @@ def test_paper_variant_trains_saves_and_evaluates(tmp_path):
     assert r.returncode != 0 and 'variant' in r.stderr, r.stderr
     r = _sh(_emcaps() + ['train', '--var-floor', '1e-12', '--out', 'low', '--no-progress'], tmp_path)
     assert r.returncode == 2 and 'var_floor must be None (EPS) or a finite number >= EPS' in r.stderr and not (tmp_path / 'low').exists(), r.stderr
+    r = _sh(_emcaps() + ['train', '--damping', '1', '--out', 'damp', '--no-progress'], tmp_path)
+    assert r.returncode == 2 and 'damping must be a number in [0, 1)' in r.stderr and not (tmp_path / 'damp').exists(), r.stderr
     r = _sh(_emcaps() + ['train', '--calibrate-beta-v', '--out', 'bv', '--no-progress'], tmp_path)
     assert r.returncode == 2 and "it needs variant 'paper'" in r.stderr and not (tmp_path / 'bv').exists(), r.stderr
 

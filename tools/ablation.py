@@ -23,6 +23,7 @@ VARIANTS = {  # name -> emcaps train options
     'paper-lr': ['--variant', 'paper', '--lr', '0.001'],   # a trial: 3 iterations from scratch at a third of the learning rate
     'paper-floor': ['--variant', 'paper', '--var-floor', '5e-4'],   # a trial: the official code's variance floor (min_var)
     'paper-bv': ['--variant', 'paper', '--calibrate-beta-v'],   # a trial: beta_v calibrated at the start too (notebook 05)
+    'paper-damp': ['--variant', 'paper', '--damping', '0.1'],   # a trial: the official code's damped mean (notebook 02)
 }
 WARM = {'paper-warm': ('paper', 2, 10), 'paper-warm-lr': ('paper', 2, 10)}   # variant -> (variant, iterations of the run it starts from, epochs of its own)
 EPOCHS = {'mnist-sample': 20, 'fashion-mnist': 6}

@@ -1,7 +1,7 @@
 """Issue 16, why 3 routing iterations train worse than 2: the gradient of the `small` network's weights at the start of
 training, with 1, 2 and 3 routing iterations, for the article's and the paper's variant (and the paper's with the official
-code's variance floor, var_floor 5e-4: `paper-floor`; and with beta_v calibrated too, calibrate_activations(beta_v=True):
-`paper-bv`).
+code's variance floor, var_floor 5e-4: `paper-floor`; with beta_v calibrated too, calibrate_activations(beta_v=True):
+`paper-bv`; and with the official code's damped mean, damping 0.1: `paper-damp`).
 
 For each variant, number of iterations and seed: the network as `emcaps train` starts it (build_model, and for the paper
 variant calibrate_activations on 256 training images), one batch of 64 mnist-sample training images, the spread loss at
@@ -30,8 +30,9 @@ from emcaps_nb.mstep import EPS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / 'results' / 'ablation' / 'gradient_growth.json'
-VARIANTS = ('article', 'paper', 'paper-floor', 'paper-bv')
+VARIANTS = ('article', 'paper', 'paper-floor', 'paper-bv', 'paper-damp')
 FLOORS = {'paper-floor': 5e-4}   # var_floor of a variant (None: EPS)
+DAMPING = {'paper-damp': 0.1}   # damping of a variant (0: none)
 
 
 def main(only=()):
@@ -46,7 +47,8 @@ def main(only=()):
         for its in (1, 2, 3):
             for seed in (0, 1, 2):
                 torch.manual_seed(seed)
-                net = build_model('small', 1, 10, its, 0.01, image_size=28, variant=variant.split('-')[0], var_floor=FLOORS.get(variant))
+                net = build_model('small', 1, 10, its, 0.01, image_size=28, variant=variant.split('-')[0], var_floor=FLOORS.get(variant),
+                                  damping=DAMPING.get(variant, 0.0))
                 if variant != 'article': calibrate_activations(net, calib, beta_v=variant == 'paper-bv')
                 act = net(x)[1]
                 saturated = ((act < 0.01) | (act > 0.99)).double().mean().item()

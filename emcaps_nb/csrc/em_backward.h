@@ -6,7 +6,8 @@ namespace emcaps {
 
 // Backward of one iteration (iter_forward) on one problem, from its saved state st. In: b.gmu and b.gA, the gradients
 // of the iteration's mu and a; GX, the gradient of its E-step logits X (nullptr if it made none). Out: gV, ga, gbv, gba
-// accumulated; b.gR, the gradient of the iteration's R; b.gmu and b.gA zeroed.
+// accumulated; b.gR, the gradient of the iteration's R; b.gA zeroed, and b.gmu zeroed, or with damping the gradient of
+// the previous iteration's mean (mu = (1 - damping) mu_hat + damping mu_prev).
 template <typename T, int HC>
 void iter_backward(const Shape& s, const T* __restrict V, const T* __restrict a, const T* __restrict bv, T lam, T eps,
                    T tiny, T mass, const T* __restrict st, const T* __restrict GX, T* __restrict gV, T* __restrict ga,
@@ -89,6 +90,14 @@ void iter_backward(const Shape& s, const T* __restrict V, const T* __restrict a,
   }
   // d = v - mu, gD = 2 d (gq w + gvar c):  gmu_total = gmu - sum_i gD = gmu - sum_i gD^E - 2 gvar sum_i c d
   for (int64_t k = 0; k < O * H; ++k) gmu[k] -= (estep ? gqd[k] : T(0)) + T(2) * gvar[k] * cd[k];
+  // damped: mu = (1 - damping) mu_hat + damping mu_prev; what follows needs the gradient of mu_hat
+  const bool damped = s.damping != 0;
+  T* gp = b.gp.data();
+  if (damped)
+    for (int64_t k = 0; k < O * H; ++k) {
+      gp[k] = T(s.damping) * gmu[k];
+      gmu[k] *= T(1) - T(s.damping);
+    }
   // gV += gD + c gmu_total;  gc_ij = sum_h (gvar d^2 + gmu_total v)
   for (int64_t i = 0; i < I; ++i)
     for (int64_t j = 0; j < O; ++j) {
@@ -123,7 +132,8 @@ void iter_backward(const Shape& s, const T* __restrict V, const T* __restrict a,
     }
     ga[i] += gai;
   }
-  std::fill(gmu, gmu + O * H, T(0));
+  if (damped) std::copy(gp, gp + O * H, gmu);
+  else std::fill(gmu, gmu + O * H, T(0));
   std::fill(gA, gA + O, T(0));
 }
 

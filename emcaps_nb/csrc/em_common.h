@@ -21,6 +21,7 @@ struct Shape {
   int cost;                // COST_ARTICLE or COST_PAPER
   double cost_scale;       // the paper's cost is multiplied by it (the layers' parents/children rule)
   double spread;           // the article's cost: floor under the variance of the costs across parents (a max)
+  double damping;          // mu = (1 - damping) mu_hat + damping mu_prev (the official code's 0.1; 0: none)
 };
 
 // What one iteration keeps for the backward pass: R (I*O), mu, var, sum_i c d (O*H each), a, S, cost (O), mean and
@@ -29,14 +30,14 @@ inline int64_t iter_state(const Shape& s) { return s.I * s.O + 3 * s.O * s.H + 3
 
 template <typename T>
 struct Buffers {  // one per thread, reused for every problem it handles
-  std::vector<T> V, gV, R, X, gX, c, gR, gq, gc, x, mu, var, cd, w, L, A, S, cost, la, inv, gmu, gvar, gL, gw, gqd, gA, gla,
-      gS, rho, grho;
+  std::vector<T> V, gV, R, X, gX, c, gR, gq, gc, x, mu, mh, var, cd, w, L, A, S, cost, la, inv, gmu, gp, gvar, gL, gw, gqd, gA,
+      gla, gS, rho, grho;
   void init(const Shape& s, bool fused, bool backward) {
     const int64_t IO = s.I * s.O, OH = s.O * s.H;
     if (fused) V.resize(IO * s.H);
     if (fused && backward) gV.resize(IO * s.H);
     for (auto* v : {&R, &X, &gX, &c, &gR, &gq, &gc}) v->resize(IO);
-    for (auto* v : {&mu, &var, &cd, &w, &L, &gmu, &gvar, &gL, &gw, &gqd}) v->resize(OH);
+    for (auto* v : {&mu, &mh, &var, &cd, &w, &L, &gmu, &gp, &gvar, &gL, &gw, &gqd}) v->resize(OH);
     for (auto* v : {&x, &A, &S, &cost, &la, &inv, &gA, &gla, &gS, &rho, &grho}) v->resize(s.O);
   }
 };

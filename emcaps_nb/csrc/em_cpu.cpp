@@ -21,7 +21,7 @@ void parallel(int64_t n, int nt, F f) {  // tasks 0..n-1 handed out one at a tim
 
 template <typename T, int HC>
 void forward(const Args& x, T* mu, T* A, T* st) {
-  const Shape s{x.I, x.O, x.H, x.P, x.Iw, x.iters, x.cost, x.cost_scale, x.spread};
+  const Shape s{x.I, x.O, x.H, x.P, x.Iw, x.iters, x.cost, x.cost_scale, x.spread, x.damping};
   const int64_t IOH = s.I * s.O * s.H, sp = iter_state(s) * s.iters;
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
   const bool fused = x.V == nullptr;
@@ -38,7 +38,7 @@ void forward(const Args& x, T* mu, T* A, T* st) {
 
 template <typename T, int HC>
 void backward(const Args& x, const T* st, const T* gmu, const T* gA, T* gV, T* gM, T* gW, T* ga, T* gbv, T* gba) {
-  const Shape s{x.I, x.O, x.H, x.P, x.Iw, x.iters, x.cost, x.cost_scale, x.spread};
+  const Shape s{x.I, x.O, x.H, x.P, x.Iw, x.iters, x.cost, x.cost_scale, x.spread, x.damping};
   const int64_t IOH = s.I * s.O * s.H, sp = iter_state(s) * s.iters, nw = s.Iw * s.O * s.H;
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
   const bool fused = x.V == nullptr;
@@ -71,10 +71,11 @@ void backward(const Args& x, const T* st, const T* gmu, const T* gA, T* gV, T* g
 }
 
 // One iteration of routing problems whose assignments are normalised outside (children shared by overlapping parents,
-// notebook 05): R (n x I x O) in; mu, A and, if X is given, the E-step's logits X out; st the iteration's state.
+// notebook 05): R (n x I x O) and, with damping, x.mu_prev (the previous iteration's means, or nullptr: 0) in; mu, A
+// and, if X is given, the E-step's logits X out; st the iteration's state.
 template <typename T, int HC>
 void step_forward(const Args& x, const T* R, T* mu, T* A, T* X, T* st) {
-  const Shape s{x.I, x.O, x.H, x.P, x.Iw, 1, x.cost, x.cost_scale, x.spread};
+  const Shape s{x.I, x.O, x.H, x.P, x.Iw, 1, x.cost, x.cost_scale, x.spread, x.damping};
   const int64_t IO = s.I * s.O, IOH = IO * s.H, sp = iter_state(s);
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
   const bool fused = x.V == nullptr;
@@ -86,18 +87,18 @@ void step_forward(const Args& x, const T* R, T* mu, T* A, T* X, T* st) {
     if (fused) votes_one<T, HC>(s, (const T*)x.M + k * s.I * s.H, (const T*)x.W, (const T*)x.off, b.V.data());
     iter_forward<T, HC>(s, V, (const T*)x.a + k * s.I, (const T*)x.bv + k * s.O, (const T*)x.ba + k * s.O,
                         T(x.lambdas[0]), T(x.eps), T(x.tiny), T(x.mass), R + k * IO, st ? st + k * sp : nullptr,
-                        X ? X + k * IO : nullptr, b);
+                        X ? X + k * IO : nullptr, b, x.mu_prev ? (const T*)x.mu_prev + k * s.O * s.H : nullptr);
     std::copy(b.mu.data(), b.mu.data() + s.O * s.H, mu + k * s.O * s.H);
     std::copy(b.A.data(), b.A.data() + s.O, A + k * s.O);
   });
 }
 
 // Backward of step_forward: gmu, gA (either may be nullptr: zero) and gX (nullptr if the step made no X) in; the
-// gradients of V (or of M and W), a, beta_v, beta_a and R out, all overwritten.
+// gradients of V (or of M and W), a, beta_v, beta_a, R and, if gmp is given, of x.mu_prev out, all overwritten.
 template <typename T, int HC>
 void step_backward(const Args& x, const T* st, const T* gmu, const T* gA, const T* gX, T* gV, T* gM, T* gW, T* ga,
-                   T* gbv, T* gba, T* gR) {
-  const Shape s{x.I, x.O, x.H, x.P, x.Iw, 1, x.cost, x.cost_scale, x.spread};
+                   T* gbv, T* gba, T* gR, T* gmp) {
+  const Shape s{x.I, x.O, x.H, x.P, x.Iw, 1, x.cost, x.cost_scale, x.spread, x.damping};
   const int64_t IO = s.I * s.O, IOH = IO * s.H, OH = s.O * s.H, sp = iter_state(s), nw = s.Iw * OH;
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(x.nthreads, x.n));
   const bool fused = x.V == nullptr;
@@ -122,6 +123,7 @@ void step_backward(const Args& x, const T* st, const T* gmu, const T* gA, const 
                            T(x.tiny), T(x.mass), st + k * sp, gX ? gX + k * IO : nullptr, g, ga + k * s.I, gbv + k * s.O,
                            gba + k * s.O, b);
       std::copy(b.gR.data(), b.gR.data() + IO, gR + k * IO);
+      if (gmp) std::copy(b.gmu.data(), b.gmu.data() + OH, gmp + k * OH);  // zero unless damped
       if (fused) votes_backward_one<T, HC>(s, M, (const T*)x.W, g, gM + k * s.I * s.H, gWb.data() + blk * nw);
     }
   });
@@ -148,9 +150,9 @@ void step_forward_any(const Args& x, const T* R, T* mu, T* A, T* X, T* st) {
 }
 template <typename T>
 void step_backward_any(const Args& x, const T* st, const T* gmu, const T* gA, const T* gX, T* gV, T* gM, T* gW, T* ga,
-                       T* gbv, T* gba, T* gR) {
-  (x.H == 16 && x.P == 4) ? step_backward<T, 16>(x, st, gmu, gA, gX, gV, gM, gW, ga, gbv, gba, gR)
-                          : step_backward<T, 0>(x, st, gmu, gA, gX, gV, gM, gW, ga, gbv, gba, gR);
+                       T* gbv, T* gba, T* gR, T* gmp) {
+  (x.H == 16 && x.P == 4) ? step_backward<T, 16>(x, st, gmu, gA, gX, gV, gM, gW, ga, gbv, gba, gR, gmp)
+                          : step_backward<T, 0>(x, st, gmu, gA, gX, gV, gM, gW, ga, gbv, gba, gR, gmp);
 }
 
 }  // namespace emcaps
@@ -176,8 +178,8 @@ int64_t em_state_size(int64_t I, int64_t O, int64_t H, int iters) {
     step_forward_any<T>(*x, R, mu, A, X, st);                                                                     \
   }                                                                                                               \
   void em_step_backward_##sfx(const Args* x, const T* st, const T* gmu, const T* gA, const T* gX, T* gV, T* gM,   \
-                              T* gW, T* ga, T* gbv, T* gba, T* gR) {                                              \
-    step_backward_any<T>(*x, st, gmu, gA, gX, gV, gM, gW, ga, gbv, gba, gR);                                      \
+                              T* gW, T* ga, T* gbv, T* gba, T* gR, T* gmp) {                                      \
+    step_backward_any<T>(*x, st, gmu, gA, gX, gV, gM, gW, ga, gbv, gba, gR, gmp);                                 \
   }
 EM_EXPORT(float, f32)
 EM_EXPORT(double, f64)

@@ -6,11 +6,12 @@ namespace emcaps {
 
 // One iteration on one problem: the M-step from the assignments R (I x O), then, if X is given, the E-step's logits
 // X_ij = ln a_j + ln p_ij = ln max(a_j, tiny) - sum_h ln sigma_j^h - sum_h (v_ij^h - mu_j^h)^2 / 2 (sigma_j^h)^2, before
-// their normalisation. mu, var, A (and the rest of the iteration's state, into st if given) are left in b.
+// their normalisation. mu, var, A (and the rest of the iteration's state, into st if given) are left in b. With damping,
+// mu = (1 - damping) mu_hat + damping mp, mp the previous iteration's mean (nullptr: 0); mp may be b.mu itself.
 template <typename T, int HC>
 void iter_forward(const Shape& s, const T* __restrict V, const T* __restrict a, const T* __restrict bv,
                   const T* __restrict ba, T lam, T eps, T tiny, T mass, const T* __restrict R, T* __restrict st,
-                  T* __restrict X, Buffers<T>& b) {
+                  T* __restrict X, Buffers<T>& b, const T* mp = nullptr) {
   const int64_t I = s.I, O = s.O, H = HC ? HC : s.H;
   T *c = b.c.data(), *mu = b.mu.data(), *var = b.var.data(), *cd = b.cd.data(), *w = b.w.data(), *L = b.L.data(),
     *A = b.A.data(), *S = b.S.data(), *cost = b.cost.data(), *la = b.la.data(), *x = b.x.data(), *rho = b.rho.data();
@@ -25,15 +26,21 @@ void iter_forward(const Shape& s, const T* __restrict V, const T* __restrict a, 
   for (int64_t j = 0; j < O; ++j) x[j] = T(1) / mass_floor(S[j], rho[j], mass, tiny);
   for (int64_t i = 0; i < I; ++i)
     for (int64_t j = 0; j < O; ++j) c[i * O + j] *= x[j];
-  // mu_j^h = sum_i c_ij v_ij^h
-  std::fill(mu, mu + O * H, T(0));
+  // mu_j^h = sum_i c_ij v_ij^h (into mh first when damped, since mp may be mu)
+  const bool damped = s.damping != 0;
+  T* acc = damped ? b.mh.data() : mu;
+  std::fill(acc, acc + O * H, T(0));
   for (int64_t i = 0; i < I; ++i)
     for (int64_t j = 0; j < O; ++j) {
       const T cij = c[i * O + j];
       const T* v = V + (i * O + j) * H;
-      T* m = mu + j * H;
+      T* m = acc + j * H;
       for (int64_t h = 0; h < H; ++h) m[h] += cij * v[h];
     }
+  if (damped) {
+    const T dp = T(s.damping);
+    for (int64_t k = 0; k < O * H; ++k) mu[k] = (T(1) - dp) * acc[k] + (mp ? dp * mp[k] : T(0));
+  }
   // (sigma_j^h)^2 = sum_i c_ij (v_ij^h - mu_j^h)^2, centred; and sum_i c_ij (v_ij^h - mu_j^h), which is 0 up to
   // rounding and is kept because the backward pass needs its rounded value
   moments<T, HC>(s, V, mu, c, cd, var);
@@ -105,7 +112,7 @@ void route_one(const Shape& s, const T* __restrict V, const T* __restrict a, con
   for (int t = 0; t < s.iters; ++t) {
     const bool last = t == s.iters - 1;
     iter_forward<T, HC>(s, V, a, bv, ba, T(lambdas[t]), eps, tiny, mass, R, st ? st + t * iter_state(s) : nullptr,
-                        last ? nullptr : X, b);
+                        last ? nullptr : X, b, t ? b.mu.data() : nullptr);
     if (last) break;
     for (int64_t i = 0; i < I; ++i) {  // softmax over the parents of each input
       T mx = -INFINITY, z = 0;
