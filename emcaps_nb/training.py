@@ -7,8 +7,8 @@ __all__ = ['MODEL_CONFIGS', 'CHECKPOINT_FORMAT', 'TRAINABILITY_RUNS', 'build_mod
            'autocast_dtype', 'GlobalBatchSampler', 'CheckpointError', 'DivergenceError', 'non_finite',
            'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state', 'Dist', 'init_distributed',
            'class_scores', 'model_loss', 'evaluate', 'limit_dataset', 'count_classes', 'hardware', 'source_commit',
-           'TrainResult', 'prepare_data', 'train_step', 'Checkpointer', 'train', 'IterationsWarning', 'load_model',
-           'eval_checkpoint']
+           'TrainResult', 'prepare_data', 'train_step', 'make_optimizer', 'Checkpointer', 'train', 'IterationsWarning',
+           'load_model', 'eval_checkpoint']
 
 # %% ../nbs/07_training.ipynb #b7ee6dca
 import json, os, pathlib, platform, random, time, warnings
@@ -84,6 +84,8 @@ class TrainConfig:
     var_floor: float | None = None   # capsules: added to every sigma^2 in routing (notebook 02); None: EPS = 1e-8; the official code: 5e-4
     damping: float = 0.0             # capsules: share of the previous iteration's mean each M-step keeps (notebook 02); the official code: 0.1
     calibrate_beta_v: bool = False   # variant 'paper': calibrate_activations also sets beta_v at the start (notebook 05)
+    beta_a_lr: float = 1.0           # capsules: every beta_a learns at lr times this (make_optimizer); the official code's
+                                     # beta_a x 5000 parametrisation moves like 5000
     routing: str = 'auto'            # capsules: which implementation routes (notebook 05's ROUTINGS; all compute the same)
     margin_start: float = 0.2        # spread-loss margin in the first epoch ...
     margin_step: float = 0.1         # ... grows by this after each epoch ...
@@ -125,6 +127,8 @@ class TrainConfig:
         check_damping(self.damping)
         if self.calibrate_beta_v and self.variant != 'paper':
             raise ValueError(f"calibrate_beta_v sets the paper's cost's beta_v at the start: it needs variant 'paper', not {self.variant!r}")
+        if isinstance(self.beta_a_lr, bool) or not isinstance(self.beta_a_lr, (int, float)) or not 0 < self.beta_a_lr < float('inf'):
+            raise ValueError(f"beta_a_lr must be a positive number (beta_a's learning rate over lr; the official code's: 5000), got {self.beta_a_lr!r}")
         if self.clip_grad_norm is not None and not (isinstance(self.clip_grad_norm, (int, float)) and self.clip_grad_norm > 0):
             raise ValueError(f"clip_grad_norm must be a positive number or None, got {self.clip_grad_norm!r}")
         lam = self.inverse_temperature
@@ -408,6 +412,18 @@ def train_step(model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, x: 
                         torch.tensor(len(y), dtype=torch.float64, device=y.device)])
 
 
+# %% ../nbs/07_training.ipynb #b2b22a3f
+def make_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    "Adam over `net`'s parameters at `cfg.lr`; with `cfg.beta_a_lr` != 1, every `beta_a` in a group of its own at `lr * beta_a_lr`."
+    if cfg.beta_a_lr == 1: return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    is_beta_a = lambda name: name.rsplit('.', 1)[-1] == 'beta_a'
+    named = list(net.named_parameters())
+    beta_a = [p for n, p in named if is_beta_a(n)]
+    if not beta_a: raise ValueError(f"beta_a_lr={cfg.beta_a_lr} sets the learning rate of the routing layers' beta_a, "
+                                    f"and model {cfg.model!r} has none; leave it at 1")
+    groups = [{'params': [p for n, p in named if not is_beta_a(n)]}, {'params': beta_a, 'lr': cfg.lr * cfg.beta_a_lr}]
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
 # %% ../nbs/07_training.ipynb #90c4f5c4
 class Checkpointer:
     "Saves a run's state into its folder (rank 0 only) and remembers the last good checkpoint."
@@ -460,7 +476,7 @@ def train(
     net = build_model(cfg.model, in_channels, num_classes, cfg.iterations, cfg.inverse_temperature, image_size=image_size,
                       variant=cfg.variant, spatial_routing=cfg.spatial_routing, var_floor=cfg.var_floor, damping=cfg.damping,
                       routing=cfg.routing).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(net, cfg)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
     history, steps, start, partial, bad_run = [], [], 0, None, 0   # bad_run: consecutive skipped steps

@@ -1,7 +1,9 @@
 """The routing ablation of issue 16: variants x routing iterations x seeds, trained with `emcaps train`, resumable.
 
 Each run trains in runs/ablation/NAME (checkpoint every epoch, so a killed run resumes with --resume) and, once
-finished, its small files (config.json, metrics.jsonl, summary.json) are copied to results/ablation/NAME/. Runs are
+finished, its small files (config.json, metrics.jsonl, summary.json) are copied to results/ablation/NAME/. A run still
+training is carried across machines by `--sync`, which also copies its checkpoint to results/in-progress/NAME/ (commit
+it); when runs/ablation/NAME is gone, the run resumes from that copy. Runs are
 taken in the priority order of GRID; `--worker k/n` takes every n-th run starting at k, so that n processes with one
 thread each share a machine. `python -m emcaps_nb.results ablation` (notebook 08a) gathers results/ablation into
 results/ablation/summary.json.
@@ -24,6 +26,7 @@ VARIANTS = {  # name -> emcaps train options
     'paper-floor': ['--variant', 'paper', '--var-floor', '5e-4'],   # a trial: the official code's variance floor (min_var)
     'paper-bv': ['--variant', 'paper', '--calibrate-beta-v'],   # a trial: beta_v calibrated at the start too (notebook 05)
     'paper-damp': ['--variant', 'paper', '--damping', '0.1'],   # a trial: the official code's damped mean (notebook 02)
+    'paper-ba': ['--variant', 'paper', '--beta-a-lr', '5000'],   # a trial: beta_a learning as the official code's beta_a x 5000 (notebook 07)
 }
 WARM = {'paper-warm': ('paper', 2, 10), 'paper-warm-lr': ('paper', 2, 10)}   # variant -> (variant, iterations of the run it starts from, epochs of its own)
 EPOCHS = {'mnist-sample': 20, 'fashion-mnist': 6}
@@ -48,6 +51,9 @@ def train(dataset, variant, iterations, seed):
     name = run_name(dataset, variant, iterations, seed)
     out, res = ROOT / 'runs' / 'ablation' / name, ROOT / 'results' / 'ablation' / name
     if (res / 'summary.json').exists(): return
+    keep = ROOT / 'results' / 'in-progress' / name
+    if not (out / 'last.pt').exists() and (keep / 'last.pt').exists():   # runs/ was lost: resume from the committed copy
+        shutil.copytree(keep, out, dirs_exist_ok=True)
     epochs, warm = EPOCHS[dataset], []
     if variant in WARM:
         source, its, epochs = WARM[variant]
@@ -62,17 +68,27 @@ def train(dataset, variant, iterations, seed):
     res.mkdir(parents=True, exist_ok=True)
     for f in ('config.json', 'metrics.jsonl', 'summary.json'):
         if (out / f).exists(): shutil.copy(out / f, res / f)
+    shutil.rmtree(keep, ignore_errors=True)
     (res / 'run.json').write_text(json.dumps({'command': ' '.join(cmd[:-4] + ['--out', f'runs/ablation/{name}']),
                                               'threads': 1}, indent=1) + '\n')
 
 
+def _epochs(folder): return len((folder / 'metrics.jsonl').read_text().splitlines()) if (folder / 'metrics.jsonl').exists() else 0
+
+
 def sync():
-    "Copy the small files of runs still training (config.json, metrics.jsonl; no summary.json) to results/ablation."
+    """Copy the small files of runs still training (config.json, metrics.jsonl; no summary.json) to results/ablation,
+    and what resumes them (those, run.json, steps.jsonl, last.pt) to results/in-progress."""
     for out in sorted((ROOT / 'runs' / 'ablation').glob('*/config.json')):
         out, res = out.parent, ROOT / 'results' / 'ablation' / out.parent.name
         if (res / 'summary.json').exists() or not (out / 'metrics.jsonl').exists(): continue
         res.mkdir(parents=True, exist_ok=True)
-        for f in ('config.json', 'metrics.jsonl'): shutil.copy(out / f, res / f)
+        if _epochs(out) >= _epochs(res):   # a run restarted after its folder was lost keeps the longer record until it passes it
+            for f in ('config.json', 'metrics.jsonl'): shutil.copy(out / f, res / f)
+        keep = ROOT / 'results' / 'in-progress' / out.name
+        keep.mkdir(parents=True, exist_ok=True)
+        for f in ('config.json', 'metrics.jsonl', 'run.json', 'steps.jsonl', 'last.pt'):
+            if (out / f).exists(): shutil.copy(out / f, keep / f)
 
 
 def main():
