@@ -412,7 +412,7 @@ def train_step(model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, x: 
                         torch.tensor(len(y), dtype=torch.float64, device=y.device)])
 
 
-# %% ../nbs/07_training.ipynb #b2b22a3f
+# %% ../nbs/07_training.ipynb #104feb43
 def make_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     "Adam over `net`'s parameters at `cfg.lr`; with `cfg.beta_a_lr` != 1, every `beta_a` in a group of its own at `lr * beta_a_lr`."
     if cfg.beta_a_lr == 1: return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
