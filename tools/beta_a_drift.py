@@ -23,9 +23,10 @@ def main():
     for ckpt in sorted((ROOT / 'runs' / 'ablation').glob('mnist-sample-paper-ba-it*-s*/last.pt')):
         if not (ROOT / 'results' / 'ablation' / ckpt.parent.name / 'summary.json').exists(): continue   # finished runs only
         state = load_checkpoint(ckpt)
-        cfg = TrainConfig.from_dict({**state['config'], 'root': str(ROOT / 'data')})
-        start = train(TrainConfig.from_dict({**state['config'], 'root': str(ROOT / 'data'), 'epochs': 1, 'beta_a_lr': 1.0}),
-                      out=None, progress=False, log=False, stop_after=1).model.state_dict()
+        saved = {**state['config'], 'root': str(ROOT / 'data')}
+        cfg = TrainConfig.from_dict(saved)
+        start = train(TrainConfig.from_dict({**saved, 'epochs': 1, 'beta_a_lr': 1.0}), out=None, progress=False, log=False,
+                      stop_after=1).model.state_dict()
         steps_per_epoch = math.ceil(state['history'][0]['train_images'] / cfg.batch_size)
         bound = sum(cfg.lr * cfg.lr_decay ** e * steps_per_epoch for e in range(cfg.epochs))   # Adam: <= lr per step
         layers = {}
