@@ -13,7 +13,7 @@ from .training import TrainConfig
 
 # %% ../nbs/08a_ablation.ipynb #62865fc0
 VARIANT_NAMES = ('article', 'article-schedule', 'paper', 'paper-per-position', 'paper-clip', 'paper-warm', 'paper-warm-lr', 'paper-lr',
-                 'paper-floor', 'paper-bv', 'paper-damp', 'paper-ba')   # as tools/ablation.py names them
+                 'paper-floor', 'paper-bv', 'paper-damp', 'paper-ba', 'paper-ba-official')   # as tools/ablation.py names them
 
 _LR = TrainConfig().lr   # emcaps train's learning rate
 
@@ -27,6 +27,7 @@ def _variant(cfg: dict) -> str:
     name += '-bv' if cfg.get('calibrate_beta_v') else ''   # one whose beta_v was calibrated at the start,
     name += '-damp' if cfg.get('damping') else ''   # one with the official code's damped mean,
     name += '-ba' if cfg.get('beta_a_lr', 1) != 1 else ''   # one whose beta_a learns faster (the official code's x 5000),
+    name += '-official' if cfg.get('official_start') else ''   # one whose W and beta_v start as the official code's,
     name += '-warm' if cfg.get('init') else ''   # one started from another run's weights,
     name += '-lr' if cfg.get('lr', _LR) != _LR else ''   # or one at another learning rate than emcaps train's default
     return name

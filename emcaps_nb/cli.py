@@ -29,6 +29,7 @@ def train_cmd(
     var_floor: float = None,    # capsules: the variance floor added to every sigma^2 in routing (default 1e-8; the official code 5e-4)
     damping: float = None,      # capsules: share of the previous iteration's mean each M-step keeps (default 0; the official code 0.1)
     calibrate_beta_v: bool = False, # paper variant: also set beta_v at the start (calibrate_activations, notebook 05)
+    official_start: bool = False, # paper variant: W and beta_v start as in the official code (official_start, notebook 07)
     beta_a_lr: float = None,    # capsules: every beta_a learns at lr times this (default 1; the official code's beta_a x 5000: 5000)
     routing: str = None,        # capsules: auto, chunked, compiled, cpp, triton or literal (default auto: the kernel on the CPU, chunked on CUDA)
     out: str = None,            # run directory (default runs/DATASET-CONFIG)
@@ -55,7 +56,8 @@ def train_cmd(
     "Train a capsule network and print its test accuracy."
     given = dict(dataset=dataset, model=config or model, epochs=epochs, batch_size=batch_size, iterations=iterations, lr=lr,
                  inverse_temperature=_lambda(inverse_temperature), variant=variant, spatial_routing=_on_off(spatial_routing), var_floor=var_floor,
-                 damping=damping, calibrate_beta_v=calibrate_beta_v or None, beta_a_lr=beta_a_lr, routing=routing, device=device, amp=amp, workers=workers, seed=seed,
+                 damping=damping, calibrate_beta_v=calibrate_beta_v or None,
+                 official_start=official_start or None, beta_a_lr=beta_a_lr, routing=routing, device=device, amp=amp, workers=workers, seed=seed,
                  root=root, download=download or None, train_limit=train_limit, test_limit=test_limit,
                  compile=compile or None, augment=False if no_augment else None, checkpoint_every=checkpoint_every,
                  views=views, keep_epochs=keep_epochs or None, max_bad_steps=max_bad_steps, clip_grad_norm=clip_grad_norm, init=init)

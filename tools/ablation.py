@@ -27,6 +27,7 @@ VARIANTS = {  # name -> emcaps train options
     'paper-bv': ['--variant', 'paper', '--calibrate-beta-v'],   # a trial: beta_v calibrated at the start too (notebook 05)
     'paper-damp': ['--variant', 'paper', '--damping', '0.1'],   # a trial: the official code's damped mean (notebook 02)
     'paper-ba': ['--variant', 'paper', '--beta-a-lr', '5000'],   # a trial: beta_a learning as the official code's beta_a x 5000 (notebook 07)
+    'paper-ba-official': ['--variant', 'paper', '--beta-a-lr', '5000', '--official-start'],   # and W, beta_v started as the official code's (notebook 07)
 }
 WARM = {'paper-warm': ('paper', 2, 10), 'paper-warm-lr': ('paper', 2, 10)}   # variant -> (variant, iterations of the run it starts from, epochs of its own)
 EPOCHS = {'mnist-sample': 20, 'fashion-mnist': 6}
