@@ -21,9 +21,10 @@ def train_cmd(
     model: str = None,          # the same as --config
     epochs: int = None,         # epochs to train in all (default 2)
     batch_size: int = None,     # global batch size (default 32)
-    iterations: int = None,     # EM routing iterations (default 2)
+    iterations: int = None,     # EM routing iterations (default: the variant's, article 1, paper 2)
     lr: float = None,           # Adam learning rate (default 0.003)
-    inverse_temperature: str = None, # lambda of every routing iteration, or 'article' (default 0.01); paper variant: the final lambda
+    inverse_temperature: str = None, # lambda of every routing iteration, or 'article' (default: article variant 'article', i.e. 1 at one
+                                # iteration; paper variant 0.01, its final lambda)
     variant: str = None,        # capsules: article (standardised cost, fixed lambda) or paper (the paper's cost, schedule, routing)
     spatial_routing: str = None,# capsules: on or off, overriding the variant (paper: on)
     var_floor: float = None,    # capsules: the variance floor added to every sigma^2 in routing (default 1e-8; the official code 5e-4)

@@ -37,8 +37,9 @@ stage train || exit 0
 t0=$SECONDS
 for m in paper small; do   # the paper-sized network routes with the Triton kernels of notebook 04b
   routing=$([ $m = paper ] && echo triton || echo auto)
+  # 2 iterations at lambda 0.01, the routing of the earlier H100 runs (results/training/*-h100), not today's default (1, lambda 1)
   timeout $(python3 -c "print(int($TRAIN_MIN * 60 + 45))") python3 -m emcaps_nb.cli train --dataset fashion-mnist --model $m --routing $routing \
-    --epochs 12 --workers 5 --time-limit $TRAIN_MIN --checkpoint-every 200 --no-progress \
+    --iterations 2 --inverse-temperature 0.01 --epochs 12 --workers 5 --time-limit $TRAIN_MIN --checkpoint-every 200 --no-progress \
     --out "$RUNS/fashion-mnist-$m" > "$OUT/train-$m.log" 2>&1 &
 done
 wait; echo "train $((SECONDS - t0)) s"

@@ -1,7 +1,8 @@
 """Issue 16, why 3 routing iterations train worse than 2: the gradient of the `small` network's weights at the start of
 training, with 1, 2 and 3 routing iterations, for the article's and the paper's variant (and the paper's with the official
 code's variance floor, var_floor 5e-4: `paper-floor`; with beta_v calibrated too, calibrate_activations(beta_v=True):
-`paper-bv`; and with the official code's damped mean, damping 0.1: `paper-damp`).
+`paper-bv`; with the official code's damped mean, damping 0.1: `paper-damp`; and with W and beta_v started as the official
+code's, official_start: `paper-official`).
 
 For each variant, number of iterations and seed: the network as `emcaps train` starts it (build_model, and for the paper
 variant calibrate_activations on 256 training images), one batch of 64 mnist-sample training images, the spread loss at
@@ -24,13 +25,13 @@ import torch
 
 from emcaps_nb.data import get_dataset
 from emcaps_nb.layers import calibrate_activations
-from emcaps_nb.training import build_model, hardware, load_model, model_loss
+from emcaps_nb.training import build_model, hardware, load_model, model_loss, official_start
 import emcaps_nb.routing as routing
 from emcaps_nb.mstep import EPS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / 'results' / 'ablation' / 'gradient_growth.json'
-VARIANTS = ('article', 'paper', 'paper-floor', 'paper-bv', 'paper-damp')
+VARIANTS = ('article', 'paper', 'paper-floor', 'paper-bv', 'paper-damp', 'paper-official')
 FLOORS = {'paper-floor': 5e-4}   # var_floor of a variant (None: EPS)
 DAMPING = {'paper-damp': 0.1}   # damping of a variant (0: none)
 
@@ -49,6 +50,7 @@ def main(only=()):
                 torch.manual_seed(seed)
                 net = build_model('small', 1, 10, its, 0.01, image_size=28, variant=variant.split('-')[0], var_floor=FLOORS.get(variant),
                                   damping=DAMPING.get(variant, 0.0))
+                if variant == 'paper-official': official_start(net)
                 if variant != 'article': calibrate_activations(net, calib, beta_v=variant == 'paper-bv')
                 act = net(x)[1]
                 saturated = ((act < 0.01) | (act > 0.99)).double().mean().item()
