@@ -436,7 +436,7 @@ def make_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = [{'params': [p for n, p in named if not is_beta_a(n)]}, {'params': beta_a, 'lr': cfg.lr * cfg.beta_a_lr}]
     return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-# %% ../nbs/07_training.ipynb #b1d2fa83
+# %% ../nbs/07_training.ipynb #0db82fc2
 OFFICIAL_START = {'conv': (0.3, 0.5), 'class': (0.01, 2.0)}   # the official code's W standard deviation and sigma_biases start
 
 @torch.no_grad()
