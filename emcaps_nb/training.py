@@ -381,10 +381,11 @@ class TrainResult:
 # %% ../nbs/07_training.ipynb #00cb79e9
 def _check_resume(saved: dict, cfg: TrainConfig, path):
     """A resumed run may train for more epochs (or with other workers / progress), nothing else may change.
-    A field the saved config lacks (a run saved before the field existed) ran with the field's default."""
+    A field the saved config lacks (a run saved before the field existed) ran with the field's default, resolved as
+    `TrainConfig` resolves it (a None routing field: the variant's `VARIANT_DEFAULTS`)."""
     free = {'epochs', 'workers', 'device', 'root', 'download', 'compile', 'checkpoint_every', 'keep_epochs', 'max_bad_steps'}
-    default = {f.name: f.default for f in fields(TrainConfig)}
-    diff = {k: (saved.get(k, default[k]), v) for k, v in asdict(cfg).items() if k not in free and saved.get(k, default[k]) != v}
+    was = asdict(TrainConfig.from_dict(saved))
+    diff = {k: (was[k], v) for k, v in asdict(cfg).items() if k not in free and was[k] != v}
     if diff: raise ValueError(f"cannot resume {path}: the config differs from the saved run in {diff} (saved, given)")
 
 # %% ../nbs/07_training.ipynb #1a374e6e
