@@ -7,8 +7,8 @@ __all__ = ['MODEL_CONFIGS', 'VARIANT_DEFAULTS', 'CHECKPOINT_FORMAT', 'OFFICIAL_S
            'TrainConfig', 'select_device', 'autocast_dtype', 'GlobalBatchSampler', 'CheckpointError', 'DivergenceError',
            'non_finite', 'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state', 'Dist', 'init_distributed',
            'class_scores', 'model_loss', 'evaluate', 'limit_dataset', 'count_classes', 'hardware', 'source_commit',
-           'TrainResult', 'prepare_data', 'train_step', 'make_optimizer', 'official_start', 'Checkpointer', 'train',
-           'IterationsWarning', 'load_model', 'eval_checkpoint']
+           'TrainResult', 'prepare_data', 'train_step', 'make_optimizer', 'official_start', 'start_network',
+           'Checkpointer', 'train', 'IterationsWarning', 'load_model', 'eval_checkpoint']
 
 # %% ../nbs/07_training.ipynb #b7ee6dca
 import json, os, pathlib, platform, random, time, warnings
@@ -450,6 +450,14 @@ def official_start(net: CapsNet) -> CapsNet:
         layer.beta_v.fill_(sigma_bias * (np.log(2 * np.pi) + 1) / 2)
     return net
 
+# %% ../nbs/07_training.ipynb #17965953
+def start_network(net: nn.Module, cfg: TrainConfig, images: Tensor) -> nn.Module:
+    "Start a freshly built `net` as `train` does for `cfg`, in place; `images`: the first (up to 256) training images."
+    if isinstance(net, CapsNet) and cfg.variant == 'paper':   # half active at the start (notebook 05)
+        if cfg.official_start: official_start(net)
+        calibrate_activations(net, images, beta_v=cfg.calibrate_beta_v)
+    return net
+
 # %% ../nbs/07_training.ipynb #90c4f5c4
 class Checkpointer:
     "Saves a run's state into its folder (rank 0 only) and remembers the last good checkpoint."
@@ -521,9 +529,8 @@ def train(
                                          f"this run trains a {want[0]} for {want[1]}, {want[2]} and {want[3]}")
         net.load_state_dict(state['model'])
     elif isinstance(net, CapsNet) and cfg.variant == 'paper':   # half active at the start (notebook 05)
-        if cfg.official_start: official_start(net)
         calib = get_dataset(cfg.dataset, True, cfg.root, False, False)
-        calibrate_activations(net, torch.stack([calib[k][0] for k in range(min(256, len(calib)))]).to(device), beta_v=cfg.calibrate_beta_v)
+        start_network(net, cfg, torch.stack([calib[k][0] for k in range(min(256, len(calib)))]).to(device))
     model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None) if ddp.world_size > 1 else net
     if cfg.compile: model = torch.compile(model)
 

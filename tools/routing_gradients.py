@@ -4,11 +4,11 @@ code's variance floor, var_floor 5e-4: `paper-floor`; with beta_v calibrated too
 `paper-bv`; with the official code's damped mean, damping 0.1: `paper-damp`; and with W and beta_v started as the official
 code's, official_start: `paper-official`).
 
-For each variant, number of iterations and seed: the network as `emcaps train` starts it (build_model, and for the paper
-variant calibrate_activations on 256 training images), one batch of 64 mnist-sample training images, the spread loss at
-the first epoch's margin (0.2), the share of class activations saturated (below 0.01 or above 0.99), and the norm of the
-loss's gradient with respect to each layer's W and beta_v. Writes
-results/ablation/gradient_growth.json and prints one line per run.
+For each variant, number of iterations and seed: the network as `emcaps train` starts it (build_model and start_network
+with the variant's TrainConfig fields, VARIANTS below; the paper variant's calibration on 256 training images), one batch
+of 64 mnist-sample training images, the spread loss at the first epoch's margin (0.2), the share of class activations
+saturated (below 0.01 or above 0.99), and the norm of the loss's gradient with respect to each layer's W and beta_v.
+Writes results/ablation/gradient_growth.json and prints one line per run.
 
 With --trained: for the finished paper and paper-floor runs in runs/ablation (1, 2 and 3 iterations, seed 0), the share of
 each layer's parents whose variance has collapsed onto a single vote after the last routing iteration (mean ln sigma^2 over
@@ -24,20 +24,24 @@ import json, pathlib, platform, statistics, sys
 import torch
 
 from emcaps_nb.data import get_dataset
-from emcaps_nb.layers import calibrate_activations
-from emcaps_nb.training import build_model, hardware, load_model, model_loss, official_start
+from emcaps_nb.training import TrainConfig, build_model, hardware, load_model, model_loss, start_network
 import emcaps_nb.routing as routing
 from emcaps_nb.mstep import EPS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / 'results' / 'ablation' / 'gradient_growth.json'
-VARIANTS = ('article', 'paper', 'paper-floor', 'paper-bv', 'paper-damp', 'paper-official')
-FLOORS = {'paper-floor': 5e-4}   # var_floor of a variant (None: EPS)
-DAMPING = {'paper-damp': 0.1}   # damping of a variant (0: none)
+VARIANTS = {   # each variant's TrainConfig fields (the routing's iterations and lambda 0.01 are added per run)
+    'article': dict(variant='article'),
+    'paper': dict(variant='paper'),
+    'paper-floor': dict(variant='paper', var_floor=5e-4),
+    'paper-bv': dict(variant='paper', calibrate_beta_v=True),
+    'paper-damp': dict(variant='paper', damping=0.1),
+    'paper-official': dict(variant='paper', official_start=True),
+}
 
 
 def main(only=()):
-    if unknown := set(only) - set(VARIANTS): sys.exit(f'unknown variants {sorted(unknown)}; choose from {VARIANTS}')
+    if unknown := set(only) - set(VARIANTS): sys.exit(f'unknown variants {sorted(unknown)}; choose from {tuple(VARIANTS)}')
     torch.set_num_threads(1)
     ds = get_dataset('mnist-sample', True, str(ROOT / 'data'), False, False)
     calib = torch.stack([ds[k][0] for k in range(256)])
@@ -47,11 +51,11 @@ def main(only=()):
     for variant in (only or VARIANTS):
         for its in (1, 2, 3):
             for seed in (0, 1, 2):
+                cfg = TrainConfig(model='small', iterations=its, inverse_temperature=0.01, **VARIANTS[variant])
                 torch.manual_seed(seed)
-                net = build_model('small', 1, 10, its, 0.01, image_size=28, variant=variant.split('-')[0], var_floor=FLOORS.get(variant),
-                                  damping=DAMPING.get(variant, 0.0))
-                if variant == 'paper-official': official_start(net)
-                if variant != 'article': calibrate_activations(net, calib, beta_v=variant == 'paper-bv')
+                net = build_model(cfg.model, 1, 10, cfg.iterations, cfg.inverse_temperature, image_size=28, variant=cfg.variant,
+                                  var_floor=cfg.var_floor, damping=cfg.damping)
+                start_network(net, cfg, calib)
                 act = net(x)[1]
                 saturated = ((act < 0.01) | (act > 0.99)).double().mean().item()
                 loss = model_loss('small', act.float(), y, 0.2)
