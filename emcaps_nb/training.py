@@ -451,11 +451,18 @@ def official_start(net: CapsNet) -> CapsNet:
     return net
 
 # %% ../nbs/07_training.ipynb #17965953
-def start_network(net: nn.Module, cfg: TrainConfig, images: Tensor) -> nn.Module:
-    "Start a freshly built `net` as `train` does for `cfg`, in place; `images`: the first (up to 256) training images."
-    if isinstance(net, CapsNet) and cfg.variant == 'paper':   # half active at the start (notebook 05)
-        if cfg.official_start: official_start(net)
-        calibrate_activations(net, images, beta_v=cfg.calibrate_beta_v)
+def start_network(
+    net: nn.Module,               # a network just built for cfg (build_model), on its device
+    cfg: TrainConfig,
+    images: Tensor | None = None, # the paper variant's calibration images; None: the first 256 of cfg.dataset's training set
+) -> nn.Module:
+    "Start `net` as `train` does for `cfg`, in place: for the paper variant, the official start if asked, then half-active capsules."
+    if not (isinstance(net, CapsNet) and cfg.variant == 'paper'): return net   # the article variant and the CNN start as built
+    if cfg.official_start: official_start(net)
+    if images is None:   # loaded only here: the article variant and the CNN never read them
+        calib = get_dataset(cfg.dataset, True, cfg.root, False, False)
+        images = torch.stack([calib[k][0] for k in range(min(256, len(calib)))])
+    calibrate_activations(net, images.to(next(net.parameters()).device), beta_v=cfg.calibrate_beta_v)   # notebook 05
     return net
 
 # %% ../nbs/07_training.ipynb #90c4f5c4
@@ -528,9 +535,7 @@ def train(
         if got != want: raise ValueError(f"init {cfg.init} holds a {got[0]} network for {got[1]} channel(s), {got[2]} classes and {got[3]} pixels; "
                                          f"this run trains a {want[0]} for {want[1]}, {want[2]} and {want[3]}")
         net.load_state_dict(state['model'])
-    elif isinstance(net, CapsNet) and cfg.variant == 'paper':   # half active at the start (notebook 05)
-        calib = get_dataset(cfg.dataset, True, cfg.root, False, False)
-        start_network(net, cfg, torch.stack([calib[k][0] for k in range(min(256, len(calib)))]).to(device))
+    else: start_network(net, cfg)   # a fresh start
     model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None) if ddp.world_size > 1 else net
     if cfg.compile: model = torch.compile(model)
 
